@@ -1,1 +1,23 @@
-//! placeholder
+//! flowgate's storage: the database connection (SQLite by default, PostgreSQL by URL), the schema
+//! migrations and the event log with the one write helper every mutation goes through.
+//!
+//! Every difference between SQLite and PostgreSQL lives in [`backend`]; the rest of the crate is
+//! written once against sea-orm.
+
+mod backend;
+mod config;
+mod error;
+mod event_log;
+pub mod migration;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use backend::Backend;
+pub use config::StoreConfig;
+pub use error::StoreError;
+pub use event_log::{StateError, StateFuture, WriteContext, state};
+pub use store::{PoolStats, Store};
+
+/// Re-export of sea-orm so that repositories and tests use exactly the version the store was built with.
+pub use sea_orm;

@@ -1,0 +1,401 @@
+//! The event log and the write helper: new state and new events, in one transaction, in sequence.
+
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use flowgate_core::Error;
+use flowgate_core::event::{AggregateRef, Details, NewEvent, StoredEvent, WriteIntent};
+use sea_orm::{
+    ActiveValue, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+
+use crate::backend::{self, Backend, DbErrorClass, classify};
+use crate::error::{StoreError, db_error};
+use crate::store::Store;
+
+mod entity {
+    //! One row of the `events` table.
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub position: i64,
+        pub aggregate_type: String,
+        pub aggregate_id: String,
+        pub sequence: i64,
+        pub event_type: String,
+        #[sea_orm(column_type = "JsonBinary")]
+        pub payload: Json,
+        pub resource_owner: String,
+        pub creator: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Why the state closure of [`Store::write`] failed; `?` converts both core and database errors into it.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A rule of the use case refused the change; returned to the caller unchanged.
+    #[error(transparent)]
+    Domain(#[from] Error),
+    /// A statement failed; mapped like every other database error (and retried when it was a collision).
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// What the state closure of [`Store::write`] returns: a boxed future borrowing the transaction.
+pub type StateFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 't>>;
+
+/// Facts about the write in progress, handed to the state closure so new rows can carry them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteContext {
+    /// Sequence of the aggregate's last event before this write (0 for a new aggregate).
+    pub previous_sequence: u64,
+    /// Sequence of the last event this write appends (what `details.sequence` will say).
+    pub sequence: u64,
+    /// Time stamped on this write's events (UTC, microsecond precision; `details.change_date`).
+    pub created_at: DateTime<Utc>,
+    /// Time of the aggregate's first event (`created_at` itself for a new aggregate).
+    pub creation_date: DateTime<Utc>,
+    /// Which try this is, starting at 1; the closure runs again after a collision.
+    pub attempt: u32,
+}
+
+/// Boxes an async block as a [`StateFuture`], fixing its error type so `?` works without annotations.
+pub fn state<'t, T, F>(future: F) -> StateFuture<'t, T>
+where
+    F: Future<Output = Result<T, StateError>> + Send + 't,
+{
+    Box::pin(future)
+}
+
+/// The outcome of one try of a write.
+enum Attempt<T> {
+    Done(T, Details),
+    /// Another writer got in the way; the whole write may be tried again.
+    Retry(DbErr),
+    Fail(Error),
+}
+
+/// Where in a try a database error happened; the same error means different things at each step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Begin,
+    Read,
+    State,
+    Append,
+    Commit,
+}
+
+impl Store {
+    /// Appends `intent.events` and writes the new state with `state`, atomically; see [`Store::write_returning`].
+    pub async fn write<F>(&self, intent: WriteIntent, state: F) -> Result<Details, Error>
+    where
+        F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, ()> + Send,
+    {
+        self.write_returning(intent, state).await.map(|((), details)| details)
+    }
+
+    /// Appends `intent.events` without touching any state table.
+    pub async fn append(&self, intent: WriteIntent) -> Result<Details, Error> {
+        self.write(intent, |_, _| Box::pin(async { Ok(()) })).await
+    }
+
+    /// In one transaction: reads the aggregate's last sequence, checks `intent.expected_sequence`, runs
+    /// `state`, appends the events with the next sequences and commits; answers what `state` returned and
+    /// the aggregate's new [`Details`].
+    ///
+    /// A sequence other than the expected one fails with `Aborted`/`STORE-sequence-mismatch` and writes
+    /// nothing. Without an expected sequence, a collision with a concurrent writer rolls back and runs
+    /// everything again (a few times, with jittered backoff) before failing with `Aborted`/`STORE-conflict`;
+    /// `state` must therefore only touch the database, never the outside world. An error from `state` rolls
+    /// back and is returned as is (database errors mapped).
+    pub async fn write_returning<T, F>(&self, intent: WriteIntent, mut state: F) -> Result<(T, Details), Error>
+    where
+        T: Send,
+        F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
+    {
+        validate(&intent)?;
+        let attempts = self.write_attempts();
+        let mut attempt = 1;
+        loop {
+            match self.try_write(&intent, &mut state, attempt).await {
+                Attempt::Done(value, details) => return Ok((value, details)),
+                Attempt::Fail(err) => return Err(err),
+                Attempt::Retry(cause) if attempt >= attempts => {
+                    tracing::warn!(
+                        aggregate_type = intent.aggregate.aggregate_type,
+                        aggregate_id = intent.aggregate.aggregate_id,
+                        attempts,
+                        error = %cause,
+                        "write gave up after repeated conflicts"
+                    );
+                    return Err(StoreError::Conflict { attempts, source: cause }.into());
+                }
+                Attempt::Retry(cause) => {
+                    tracing::debug!(
+                        aggregate_type = intent.aggregate.aggregate_type,
+                        aggregate_id = intent.aggregate.aggregate_id,
+                        attempt,
+                        error = %cause,
+                        "write collided with a concurrent writer; retrying"
+                    );
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn try_write<T, F>(&self, intent: &WriteIntent, state: &mut F, attempt: u32) -> Attempt<T>
+    where
+        T: Send,
+        F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
+    {
+        let options = backend::write_transaction_options(self.backend());
+        let txn = match self.writer().begin_with_options(options).await {
+            Ok(txn) => txn,
+            Err(err) => return on_db_error(err, Step::Begin),
+        };
+        match write_in(&txn, self.backend(), intent, state, attempt).await {
+            Ok((value, details)) => match txn.commit().await {
+                Ok(()) => Attempt::Done(value, details),
+                Err(err) => on_db_error(err, Step::Commit),
+            },
+            Err(outcome) => {
+                if let Err(err) = txn.rollback().await {
+                    // The connection is probably gone; the server rolls back on its own then.
+                    tracing::debug!(error = %err, "rollback of a failed write failed");
+                }
+                outcome
+            }
+        }
+    }
+
+    /// Every event of `aggregate`, oldest first.
+    pub async fn events(&self, aggregate: &AggregateRef) -> Result<Vec<StoredEvent>, Error> {
+        let rows = of_aggregate(aggregate)
+            .order_by_asc(entity::Column::Sequence)
+            .all(self.reader())
+            .await
+            .map_err(db_error)?;
+        rows.into_iter().map(stored_event).collect()
+    }
+
+    /// Change metadata of `aggregate` from its first and last events; `None` when it has no events.
+    pub async fn details(&self, aggregate: &AggregateRef) -> Result<Option<Details>, Error> {
+        let db = self.reader();
+        let Some(last) =
+            of_aggregate(aggregate).order_by_desc(entity::Column::Sequence).one(db).await.map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        // The first event never changes, so reading it after the last one cannot mix two states.
+        let creation_date = match last.sequence {
+            1 => last.created_at,
+            _ => of_aggregate(aggregate)
+                .order_by_asc(entity::Column::Sequence)
+                .one(db)
+                .await
+                .map_err(db_error)?
+                .map_or(last.created_at, |first| first.created_at),
+        };
+        Ok(Some(Details {
+            sequence: to_sequence(last.sequence)?,
+            creation_date,
+            change_date: last.created_at,
+            resource_owner: last.resource_owner,
+        }))
+    }
+}
+
+/// One try inside an open transaction; any `Err` means the transaction must be rolled back.
+async fn write_in<T, F>(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    intent: &WriteIntent,
+    state: &mut F,
+    attempt: u32,
+) -> Result<(T, Details), Attempt<T>>
+where
+    F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
+{
+    let aggregate = &intent.aggregate;
+    backend::lock_aggregate(txn, backend, aggregate).await.map_err(|e| on_db_error(e, Step::Read))?;
+    let last = of_aggregate(aggregate)
+        .select_only()
+        .columns([entity::Column::Sequence, entity::Column::CreatedAt])
+        .order_by_desc(entity::Column::Sequence)
+        .into_tuple::<(i64, DateTime<Utc>)>()
+        .one(txn)
+        .await
+        .map_err(|e| on_db_error(e, Step::Read))?;
+    let previous_sequence = match last {
+        Some((sequence, _)) => to_sequence(sequence).map_err(Attempt::Fail)?,
+        None => 0,
+    };
+    if let Some(expected) = intent.expected_sequence
+        && expected != previous_sequence
+    {
+        return Err(Attempt::Fail(StoreError::SequenceMismatch { expected, actual: previous_sequence }.into()));
+    }
+
+    // Microseconds: what PostgreSQL keeps, so the answer equals what is read back later. Never before the
+    // aggregate's last event, so change dates never go backwards when the clock does.
+    let now = Utc::now().trunc_subsecs(6);
+    let created_at = last.map_or(now, |(_, at)| now.max(at));
+    let creation_date = match last {
+        None => created_at,
+        Some((1, at)) => at,
+        Some(_) => of_aggregate(aggregate)
+            .select_only()
+            .column(entity::Column::CreatedAt)
+            .order_by_asc(entity::Column::Sequence)
+            .into_tuple::<DateTime<Utc>>()
+            .one(txn)
+            .await
+            .map_err(|e| on_db_error(e, Step::Read))?
+            .unwrap_or(created_at),
+    };
+    let count = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
+    let sequence = previous_sequence.saturating_add(count);
+    let context = WriteContext { previous_sequence, sequence, created_at, creation_date, attempt };
+
+    let value = match state(txn, context).await {
+        Ok(value) => value,
+        Err(StateError::Domain(err)) => return Err(Attempt::Fail(err)),
+        Err(StateError::Db(err)) => return Err(on_db_error(err, Step::State)),
+    };
+
+    let rows = intent
+        .events
+        .iter()
+        .zip(previous_sequence + 1..)
+        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(Attempt::Fail)?;
+    entity::Entity::insert_many(rows).exec_without_returning(txn).await.map_err(|e| on_db_error(e, Step::Append))?;
+
+    let details =
+        Details { sequence, creation_date, change_date: created_at, resource_owner: intent.resource_owner.clone() };
+    Ok((value, details))
+}
+
+/// Decides whether a failed step is worth another try.
+fn on_db_error<T>(err: DbErr, step: Step) -> Attempt<T> {
+    match (classify(&err), step) {
+        // Busy, deadlock, serialization failure: nothing was written, the next try sees the winner's result.
+        (DbErrorClass::Transient, _) => Attempt::Retry(err),
+        // Another writer took the sequence first. The next try reads it and either appends after it or,
+        // when a sequence was expected, reports the mismatch.
+        (DbErrorClass::UniqueViolation, Step::Append) => Attempt::Retry(err),
+        (DbErrorClass::UniqueViolation | DbErrorClass::Unavailable | DbErrorClass::Other, _) => {
+            Attempt::Fail(db_error(err))
+        }
+    }
+}
+
+fn validate(intent: &WriteIntent) -> Result<(), Error> {
+    // These are bugs in the calling use case, not bad requests: answered as internal errors.
+    let problem = if intent.events.is_empty() {
+        "a write must append at least one event"
+    } else if intent.aggregate.aggregate_type.is_empty() || intent.aggregate.aggregate_id.is_empty() {
+        "a write needs an aggregate type and id"
+    } else {
+        return Ok(());
+    };
+    Err(Error::internal("STORE-invalid-write", problem))
+}
+
+fn of_aggregate(aggregate: &AggregateRef) -> sea_orm::Select<entity::Entity> {
+    entity::Entity::find()
+        .filter(entity::Column::AggregateType.eq(aggregate.aggregate_type.as_str()))
+        .filter(entity::Column::AggregateId.eq(aggregate.aggregate_id.as_str()))
+}
+
+fn event_row(
+    intent: &WriteIntent,
+    event: &NewEvent,
+    sequence: u64,
+    created_at: DateTime<Utc>,
+) -> Result<entity::ActiveModel, Error> {
+    let sequence =
+        i64::try_from(sequence).map_err(|_| Error::internal("STORE-sequence-overflow", "sequence overflow"))?;
+    Ok(entity::ActiveModel {
+        position: ActiveValue::NotSet,
+        aggregate_type: ActiveValue::Set(intent.aggregate.aggregate_type.clone()),
+        aggregate_id: ActiveValue::Set(intent.aggregate.aggregate_id.clone()),
+        sequence: ActiveValue::Set(sequence),
+        event_type: ActiveValue::Set(event.event_type.clone()),
+        payload: ActiveValue::Set(event.payload.clone()),
+        resource_owner: ActiveValue::Set(intent.resource_owner.clone()),
+        creator: ActiveValue::Set(intent.creator.clone()),
+        created_at: ActiveValue::Set(created_at),
+    })
+}
+
+fn stored_event(row: entity::Model) -> Result<StoredEvent, Error> {
+    Ok(StoredEvent {
+        aggregate: AggregateRef { aggregate_type: row.aggregate_type, aggregate_id: row.aggregate_id },
+        sequence: to_sequence(row.sequence)?,
+        event_type: row.event_type,
+        payload: row.payload,
+        resource_owner: row.resource_owner,
+        creator: row.creator,
+        created_at: row.created_at,
+    })
+}
+
+fn to_sequence(stored: i64) -> Result<u64, Error> {
+    // The table's CHECK keeps sequences positive; anything else is a corrupted row.
+    u64::try_from(stored).map_err(|_| Error::internal("STORE-corrupt-sequence", format!("negative sequence {stored}")))
+}
+
+/// Jittered exponential backoff before try `attempt + 1`: 2–4 ms, 4–8 ms, … capped at 64–128 ms.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling_us = 4_000u64 << attempt.saturating_sub(1).min(5);
+    // A fresh RandomState is randomly keyed: enough entropy to keep colliding writers apart, no RNG needed.
+    let jitter = std::collections::hash_map::RandomState::new().hash_one(attempt) % (ceiling_us / 2);
+    Duration::from_micros(ceiling_us / 2 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use flowgate_core::ErrorKind;
+
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        for attempt in 1..10 {
+            let delay = backoff(attempt);
+            let ceiling = Duration::from_micros(4_000u64 << (attempt - 1).min(5));
+            assert!(delay >= ceiling / 2 && delay < ceiling, "{attempt}: {delay:?}");
+        }
+    }
+
+    #[test]
+    fn empty_write_is_refused() {
+        let intent = WriteIntent {
+            aggregate: AggregateRef { aggregate_type: "user".into(), aggregate_id: "1".into() },
+            resource_owner: "org".into(),
+            creator: "me".into(),
+            expected_sequence: None,
+            events: Vec::new(),
+        };
+        let err = validate(&intent).err().map(|e| (e.kind(), e.id().to_owned()));
+        assert_eq!(err, Some((ErrorKind::Internal, "STORE-invalid-write".to_owned())));
+    }
+}

@@ -1,0 +1,19 @@
+//! Schema migrations, applied in order by [`Migrator`]; one module per migration.
+//!
+//! Names are written out in each module (not derived from file names) so that moving a file can never
+//! rename an applied migration. A migration, once released, is never edited: add a new one.
+
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+mod m20261124_000001_event_log;
+
+/// The ordered list of flowgate's migrations.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    /// Every migration, oldest first.
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_event_log::Migration)]
+    }
+}

@@ -1,0 +1,124 @@
+//! The store handle: pools, migrations and health.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flowgate_core::system::StoreStatus;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm_migration::MigratorTrait;
+
+use crate::backend::{self, Backend, Pools};
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+use crate::migration::Migrator;
+
+/// Handle to the database; cheap to clone (all clones share the pools).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pools: Pools,
+    write_attempts: u32,
+}
+
+/// Connection counts of the store's pools, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections (idle or in use).
+    pub connections: u32,
+    /// Open connections waiting for work.
+    pub idle: u32,
+    /// Most connections the pools will open.
+    pub max: u32,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend()).field("pools", &self.pool_stats()).finish()
+    }
+}
+
+impl Store {
+    /// Opens the database named by `config` (SQLite file by default); does not migrate.
+    pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        let pools = backend::open(config).await?;
+        tracing::debug!(backend = pools.backend.as_str(), "store connected");
+        Ok(Store { inner: Arc::new(Inner { pools, write_attempts: config.write_attempts.max(1) }) })
+    }
+
+    /// Applies pending migrations in one transaction; safe to run again and from several replicas at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let txn = self.writer().begin_with_options(backend::write_transaction_options(self.backend())).await?;
+        backend::lock_migrations(&txn, self.backend()).await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Name of the newest applied migration (e.g. `m20261124_000001_event_log`).
+    pub async fn schema_version(&self) -> Result<String, StoreError> {
+        // The read-only variant never creates the bookkeeping table, so asking never changes the database.
+        let applied = Migrator::get_applied_migrations_read_only(self.reader()).await?;
+        applied.last().map(|m| m.name().to_owned()).ok_or(StoreError::NotMigrated)
+    }
+
+    /// Names of migrations not yet applied, oldest first (empty when the schema is current).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
+        let pending = Migrator::get_pending_migrations_read_only(self.reader()).await?;
+        Ok(pending.iter().map(|m| m.name().to_owned()).collect())
+    }
+
+    /// Succeeds when the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.reader().ping().await?)
+    }
+
+    /// The engine behind the store.
+    pub fn backend(&self) -> Backend {
+        self.inner.pools.backend
+    }
+
+    /// Current connection counts, for the Prometheus exporter.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pools.stats()
+    }
+
+    /// Connection for queries. On SQLite, writes must not go through it: use [`Store::write`] or [`Store::writer`].
+    pub fn reader(&self) -> &DatabaseConnection {
+        &self.inner.pools.reader
+    }
+
+    /// Connection for writes that append no event (e.g. deleting expired rows); on SQLite it is the single,
+    /// serialized writer, so keep its transactions short.
+    pub fn writer(&self) -> &DatabaseConnection {
+        &self.inner.pools.writer
+    }
+
+    /// Closes all connections (after waiting for those in use); later calls fail as unavailable.
+    pub async fn close(&self) {
+        self.inner.pools.close().await;
+    }
+
+    /// How many times a write is tried before it fails with `STORE-conflict`.
+    pub(crate) fn write_attempts(&self) -> u32 {
+        self.inner.write_attempts
+    }
+}
+
+#[async_trait]
+impl StoreStatus for Store {
+    fn backend(&self) -> Backend {
+        Store::backend(self)
+    }
+
+    async fn schema_version(&self) -> flowgate_core::Result<String> {
+        Ok(Store::schema_version(self).await?)
+    }
+
+    async fn ping(&self) -> flowgate_core::Result<()> {
+        Ok(Store::ping(self).await?)
+    }
+}

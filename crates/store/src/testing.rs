@@ -1,0 +1,55 @@
+//! Throw-away databases for test suites: every test gets its own, on SQLite or on PostgreSQL.
+
+use std::path::PathBuf;
+
+use crate::backend::testing::{
+    DB_PREFIX, create_postgres_database, drop_postgres_database, drop_unused_databases, is_postgres,
+};
+use crate::error::StoreError;
+
+/// URL of a database nobody else uses: a new `flowgate_t_<uuid>` database on the server of a PostgreSQL
+/// `base`, otherwise a new SQLite file in a new directory under the system's temp dir (left for the OS to clean).
+pub async fn isolated_database_url(base: &str) -> Result<String, StoreError> {
+    let id = uuid::Uuid::new_v4().simple();
+    if is_postgres(base) {
+        return create_postgres_database(base, &format!("{DB_PREFIX}{id}")).await;
+    }
+    let dir = std::env::temp_dir().join(format!("flowgate-test-{id}"));
+    std::fs::create_dir_all(&dir).map_err(|source| StoreError::DataDir { path: dir.clone(), source })?;
+    Ok(sqlite_url(dir.join("flowgate.db")))
+}
+
+/// Drops what [`isolated_database_url`] created for `url`: the PostgreSQL database (even if still connected)
+/// or the SQLite file's directory. Close the store first.
+pub async fn drop_isolated_database(url: &str) -> Result<(), StoreError> {
+    if is_postgres(url) {
+        let parsed = url::Url::parse(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let name = parsed.path().trim_start_matches('/').to_owned();
+        if !name.starts_with(DB_PREFIX) {
+            return Err(StoreError::InvalidUrl(format!("{name} is not a test database")));
+        }
+        return drop_postgres_database(url, &name).await;
+    }
+    let Some(path) = url.strip_prefix("sqlite://") else { return Ok(()) };
+    let file = PathBuf::from(path.split('?').next().unwrap_or(path));
+    match file.parent() {
+        Some(dir) if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("flowgate-test-")) => {
+            std::fs::remove_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.to_owned(), source })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Drops the `flowgate_t_…` databases that earlier runs left on the server of `base` (those still in use
+/// are kept); returns how many were dropped. Does nothing for non-PostgreSQL URLs.
+pub async fn drop_stale_databases(base: &str) -> Result<u64, StoreError> {
+    if !is_postgres(base) {
+        return Ok(0);
+    }
+    drop_unused_databases(base).await
+}
+
+/// `sqlite://` URL of `file` that creates the file when missing.
+pub fn sqlite_url(file: PathBuf) -> String {
+    format!("sqlite://{}?mode=rwc", file.display())
+}
