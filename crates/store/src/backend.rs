@@ -279,6 +279,7 @@ pub(crate) async fn lock_migrations(txn: &DatabaseTransaction, backend: Backend)
 }
 
 /// Classifies a sea-orm error by the driver's error code.
+#[expect(clippy::wildcard_enum_match_arm, reason = "DbErr is non-exhaustive; whatever is not recognised is Other")]
 pub(crate) fn classify(err: &DbErr) -> DbErrorClass {
     match err {
         DbErr::ConnectionAcquire(_) => DbErrorClass::Unavailable,
@@ -290,6 +291,10 @@ pub(crate) fn classify(err: &DbErr) -> DbErrorClass {
     }
 }
 
+#[expect(
+    clippy::wildcard_enum_match_arm,
+    reason = "sqlx::Error is non-exhaustive; whatever is not recognised is Other"
+)]
 fn classify_sqlx(err: &sqlx::Error) -> DbErrorClass {
     match err {
         sqlx::Error::Database(db) => {
@@ -349,6 +354,7 @@ fn classify_sqlite(code: i32) -> DbErrorClass {
 #[cfg(feature = "testing")]
 pub(crate) mod testing {
     use std::str::FromStr;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     use sea_orm::sqlx::{self, Row};
@@ -384,15 +390,24 @@ pub(crate) mod testing {
         Ok(url.to_string())
     }
 
-    /// Drops every `flowgate_t_…` database nobody is connected to; returns how many were dropped.
-    pub(crate) async fn drop_unused_databases(base: &str) -> Result<u64, StoreError> {
+    /// Drops every `flowgate_t_…` database older than `min_age` that nobody is connected to; returns how
+    /// many were dropped.
+    pub(crate) async fn drop_unused_databases(base: &str, min_age: Duration) -> Result<u64, StoreError> {
         let pool = admin_pool(base).await?;
-        let result = drop_unused(&pool).await;
+        let result = drop_unused(&pool, min_age).await;
         pool.close().await;
         result.map_err(|e| StoreError::Db(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into()))))
     }
 
-    async fn drop_unused(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    /// How long ago the database `name` was created, from the UUIDv7 in its name (`None` if it has none).
+    fn age(name: &str) -> Option<Duration> {
+        let id = uuid::Uuid::try_parse(name.strip_prefix(DB_PREFIX)?).ok()?;
+        let (secs, nanos) = id.get_timestamp()?.to_unix();
+        let created = UNIX_EPOCH + Duration::new(secs, nanos);
+        Some(SystemTime::now().duration_since(created).unwrap_or_default())
+    }
+
+    async fn drop_unused(pool: &sqlx::PgPool, min_age: Duration) -> Result<u64, sqlx::Error> {
         let rows = sqlx::query("SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname")
             .bind(DB_PREFIX)
             .fetch_all(pool)
@@ -401,6 +416,10 @@ pub(crate) mod testing {
         for row in rows {
             let name: String = row.try_get(0)?;
             if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                continue;
+            }
+            // A suite may create its database a moment before it connects: young ones are left alone.
+            if age(&name).is_some_and(|age| age < min_age) {
                 continue;
             }
             // Without FORCE, PostgreSQL refuses to drop a database that has connections: a suite that is
@@ -414,9 +433,19 @@ pub(crate) mod testing {
         Ok(dropped)
     }
 
-    /// Drops database `name` even if connections remain (used when a test is done with its own database).
-    pub(crate) async fn drop_postgres_database(base: &str, name: &str) -> Result<(), StoreError> {
-        let pool = admin_pool(base).await?;
+    /// Drops database `name` (which `url` points at) even if connections remain; like `dropdb`, it connects
+    /// to the `postgres` maintenance database for that, or to `template1` when that one is missing.
+    pub(crate) async fn drop_postgres_database(url: &str, name: &str) -> Result<(), StoreError> {
+        let mut maintenance =
+            url::Url::parse(url).map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact_url(url))))?;
+        maintenance.set_path("/postgres");
+        let pool = match admin_pool(maintenance.as_str()).await {
+            Ok(pool) => pool,
+            Err(_) => {
+                maintenance.set_path("/template1");
+                admin_pool(maintenance.as_str()).await?
+            }
+        };
         let dropped = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
             .execute(&pool)
             .await;

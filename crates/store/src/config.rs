@@ -59,16 +59,25 @@ impl fmt::Debug for StoreConfig {
 /// `url` with any password replaced by `***`, for logs and error messages.
 pub(crate) fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // set_password only fails for URLs that cannot carry credentials, which this one does.
-            let _ = parsed.set_password(Some("***"));
+        // File paths carry no secrets and are what an operator needs to see.
+        Ok(parsed) if parsed.scheme() == "sqlite" => url.to_owned(),
+        Ok(mut parsed) if parsed.has_host() => {
+            if parsed.password().is_some() {
+                // set_password only fails for URLs without a host, and this one has one.
+                let _ = parsed.set_password(Some("***"));
+            }
             parsed.to_string()
         }
-        Ok(_) => url.to_owned(),
+        // Without a host there is no telling where a secret might sit.
+        Ok(parsed) => format!("{}:…", parsed.scheme()),
         // An unparsable URL may still contain a secret; show only its scheme-like prefix.
         Err(_) => match url.split_once(':') {
-            Some((scheme, _)) => format!("{scheme}:…"),
-            None => "…".to_owned(),
+            Some((scheme, _))
+                if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+            {
+                format!("{scheme}:…")
+            }
+            _ => "…".to_owned(),
         },
     }
 }

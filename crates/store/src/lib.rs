@@ -1,7 +1,7 @@
 //! flowgate's storage: the database connection (SQLite by default, PostgreSQL by URL), the schema
 //! migrations and the event log with the one write helper every mutation goes through.
 //!
-//! Every difference between SQLite and PostgreSQL lives in [`backend`]; the rest of the crate is
+//! Every difference between SQLite and PostgreSQL lives in the private `backend` module; the rest of the crate is
 //! written once against sea-orm.
 
 mod backend;

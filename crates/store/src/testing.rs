@@ -1,6 +1,7 @@
 //! Throw-away databases for test suites: every test gets its own, on SQLite or on PostgreSQL.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::backend::testing::{
     DB_PREFIX, create_postgres_database, drop_postgres_database, drop_unused_databases, is_postgres,
@@ -10,7 +11,8 @@ use crate::error::StoreError;
 /// URL of a database nobody else uses: a new `flowgate_t_<uuid>` database on the server of a PostgreSQL
 /// `base`, otherwise a new SQLite file in a new directory under the system's temp dir (left for the OS to clean).
 pub async fn isolated_database_url(base: &str) -> Result<String, StoreError> {
-    let id = uuid::Uuid::new_v4().simple();
+    // Version 7: the name tells its creation time, so a cleanup can spare databases just being set up.
+    let id = uuid::Uuid::now_v7().simple();
     if is_postgres(base) {
         return create_postgres_database(base, &format!("{DB_PREFIX}{id}")).await;
     }
@@ -40,14 +42,17 @@ pub async fn drop_isolated_database(url: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Drops the `flowgate_t_…` databases that earlier runs left on the server of `base` (those still in use
-/// are kept); returns how many were dropped. Does nothing for non-PostgreSQL URLs.
+/// Drops the `flowgate_t_…` databases that earlier runs left on the server of `base` (those in use or
+/// created in the last minute are kept); returns how many were dropped. Does nothing for other URLs.
 pub async fn drop_stale_databases(base: &str) -> Result<u64, StoreError> {
     if !is_postgres(base) {
         return Ok(0);
     }
-    drop_unused_databases(base).await
+    drop_unused_databases(base, STALE_AFTER).await
 }
+
+/// Age after which an unused test database counts as left over.
+const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// `sqlite://` URL of `file` that creates the file when missing.
 pub fn sqlite_url(file: PathBuf) -> String {

@@ -1,0 +1,546 @@
+//! The store against real databases: every scenario runs on SQLite (a temp dir) and, when
+//! `FLOWGATE_TEST_DATABASE_URL` names a PostgreSQL server, on PostgreSQL too (a fresh database per test).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use flowgate_core::event::{AggregateRef, NewEvent, WriteIntent};
+use flowgate_core::system::StoreStatus;
+use flowgate_core::{Error, ErrorKind};
+use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
+use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
+use serde_json::json;
+
+const LATEST_MIGRATION: &str = "m20261124_000001_event_log";
+
+/// One database for one test; removed again when the test passes.
+struct TestDb {
+    store: Store,
+    /// Keeps the SQLite directory alive for the test's duration.
+    _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database to drop at the end.
+    postgres_url: Option<String>,
+}
+
+fn config(url: Option<String>, data_dir: std::path::PathBuf) -> StoreConfig {
+    StoreConfig {
+        url,
+        data_dir,
+        max_connections: 4,
+        // Short, so that the scenarios which provoke lock waits on SQLite stay quick.
+        busy_timeout: Duration::from_millis(100),
+        write_attempts: 5,
+        ..StoreConfig::default()
+    }
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A nested, missing directory also checks that the default location is created.
+        let store = Store::connect(&config(None, dir.path().join("data"))).await.expect("connect to SQLite");
+        assert_eq!(store.backend(), Backend::Sqlite);
+        TestDb { store, _dir: Some(dir), postgres_url: None }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let base = std::env::var("FLOWGATE_TEST_DATABASE_URL").ok().filter(|url| !url.is_empty())?;
+        let url = testing::isolated_database_url(&base).await.expect("create a PostgreSQL test database");
+        let store = Store::connect(&config(Some(url.clone()), std::env::temp_dir())).await.expect("connect");
+        assert_eq!(store.backend(), Backend::Postgres);
+        Some(TestDb { store, _dir: None, postgres_url: Some(url) })
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some(url) = self.postgres_url {
+            testing::drop_isolated_database(&url).await.expect("drop the test database");
+        }
+    }
+}
+
+/// Generates one `#[tokio::test]` per scenario and backend.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::postgres().await else {
+                        eprintln!("FLOWGATE_TEST_DATABASE_URL is not set; PostgreSQL variant skipped");
+                        return;
+                    };
+                    super::$name(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    migrate_is_idempotent,
+    append_numbers_events_and_answers_details,
+    expected_sequence_mismatch_writes_nothing,
+    state_error_rolls_everything_back,
+    concurrent_writers_with_same_expected_sequence,
+    concurrent_writers_without_expected_sequence,
+    concurrent_read_modify_write_loses_nothing,
+    collision_is_retried_without_gaps,
+    persistent_collision_gives_up,
+);
+
+fn aggregate(id: &str) -> AggregateRef {
+    AggregateRef { aggregate_type: "counter".into(), aggregate_id: id.into() }
+}
+
+fn intent(id: &str, expected_sequence: Option<u64>, event_types: &[&str]) -> WriteIntent {
+    WriteIntent {
+        aggregate: aggregate(id),
+        resource_owner: "org-1".into(),
+        creator: "user-1".into(),
+        expected_sequence,
+        events: event_types
+            .iter()
+            .map(|t| NewEvent { event_type: (*t).to_owned(), payload: json!({ "type": t, "n": [1, 2] }) })
+            .collect(),
+    }
+}
+
+async fn migrated(store: &Store) {
+    store.migrate().await.expect("migrate");
+}
+
+fn assert_kind(result: Result<impl std::fmt::Debug, Error>, kind: ErrorKind, id: &str) -> Error {
+    let err = result.expect_err("the write must fail");
+    assert_eq!((err.kind(), err.id()), (kind, id), "{err}");
+    err
+}
+
+async fn sequences(store: &Store, id: &str) -> Vec<u64> {
+    store.events(&aggregate(id)).await.expect("events").iter().map(|e| e.sequence).collect()
+}
+
+/// `CREATE TABLE counters (id PK, value, sequence)`, a stand-in for a state table.
+async fn create_counters(store: &Store) {
+    let table = Table::create()
+        .table(Alias::new("counters"))
+        .col(ColumnDef::new(Alias::new("id")).text().not_null().primary_key())
+        .col(ColumnDef::new(Alias::new("value")).big_integer().not_null())
+        .col(ColumnDef::new(Alias::new("sequence")).big_integer().not_null())
+        .to_owned();
+    store.writer().execute(&table).await.expect("create the counters table");
+}
+
+async fn read_counter<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<(i64, i64)>, DbErr> {
+    let select = Query::select()
+        .columns([Alias::new("value"), Alias::new("sequence")])
+        .from(Alias::new("counters"))
+        .and_where(Expr::col(Alias::new("id")).eq(id))
+        .to_owned();
+    match db.query_one(&select).await? {
+        Some(row) => Ok(Some((row.try_get("", "value")?, row.try_get("", "sequence")?))),
+        None => Ok(None),
+    }
+}
+
+async fn insert_counter(txn: &DatabaseTransaction, id: &str, value: i64, sequence: u64) -> Result<(), DbErr> {
+    let insert = Query::insert()
+        .into_table(Alias::new("counters"))
+        .columns([Alias::new("id"), Alias::new("value"), Alias::new("sequence")])
+        .values([id.into(), value.into(), i64::try_from(sequence).expect("small").into()])
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .to_owned();
+    txn.execute(&insert).await.map(drop)
+}
+
+/// The read-modify-write every writer of the counter scenario does.
+async fn increment(txn: &DatabaseTransaction, id: &str, ctx: WriteContext) -> Result<(), StateError> {
+    let sequence = i64::try_from(ctx.sequence).expect("small");
+    match read_counter(txn, id).await? {
+        None => insert_counter(txn, id, 1, ctx.sequence).await?,
+        Some((value, _)) => {
+            let update = Query::update()
+                .table(Alias::new("counters"))
+                .values([(Alias::new("value"), (value + 1).into()), (Alias::new("sequence"), sequence.into())])
+                .and_where(Expr::col(Alias::new("id")).eq(id))
+                .to_owned();
+            txn.execute(&update).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn migrate_is_idempotent(store: &Store) {
+    assert!(matches!(store.schema_version().await, Err(StoreError::NotMigrated)));
+    let status: &dyn StoreStatus = store;
+    let err = status.schema_version().await.expect_err("nothing applied yet");
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert_eq!(store.pending_migrations().await.expect("pending"), [LATEST_MIGRATION]);
+
+    migrated(store).await;
+    assert_eq!(store.schema_version().await.expect("version"), LATEST_MIGRATION);
+    migrated(store).await;
+    assert_eq!(store.schema_version().await.expect("version"), LATEST_MIGRATION);
+    assert!(store.pending_migrations().await.expect("pending").is_empty());
+
+    assert_eq!(status.schema_version().await.expect("version"), LATEST_MIGRATION);
+    status.ping().await.expect("ping");
+    assert_eq!(status.backend(), store.backend());
+    let stats = store.pool_stats();
+    assert!(stats.connections >= 1 && stats.idle <= stats.connections && stats.connections <= stats.max, "{stats:?}");
+    // Clones share the pools.
+    let clone = store.clone();
+    clone.ping().await.expect("ping through a clone");
+}
+
+async fn append_numbers_events_and_answers_details(store: &Store) {
+    migrated(store).await;
+    assert_eq!(store.details(&aggregate("a")).await.expect("details"), None);
+    assert!(store.events(&aggregate("a")).await.expect("events").is_empty());
+
+    let first = store.append(intent("a", Some(0), &["counter.added", "counter.renamed"])).await.expect("first");
+    assert_eq!(first.sequence, 2);
+    assert_eq!(first.creation_date, first.change_date);
+    assert_eq!(first.resource_owner, "org-1");
+
+    let second = store.append(intent("a", None, &["counter.incremented"])).await.expect("second");
+    assert_eq!(second.sequence, 3);
+    let third =
+        store.append(intent("a", Some(3), &["counter.incremented", "counter.incremented"])).await.expect("third");
+    assert_eq!(third.sequence, 5);
+    assert_eq!(third.creation_date, first.creation_date);
+    assert!(third.change_date >= second.change_date && second.change_date >= first.change_date);
+
+    let events = store.events(&aggregate("a")).await.expect("events");
+    assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(events[1].event_type, "counter.renamed");
+    assert_eq!(events[1].payload, json!({ "type": "counter.renamed", "n": [1, 2] }));
+    assert_eq!((events[0].resource_owner.as_str(), events[0].creator.as_str()), ("org-1", "user-1"));
+    assert_eq!(events[0].aggregate, aggregate("a"));
+    assert_eq!(events[0].created_at, first.creation_date);
+    assert_eq!(events[4].created_at, third.change_date);
+
+    // What the write answered is exactly what is read back (microseconds survive both engines).
+    assert_eq!(store.details(&aggregate("a")).await.expect("details"), Some(third));
+
+    // Another aggregate has its own numbering.
+    let other = store.append(intent("b", None, &["counter.added"])).await.expect("other");
+    assert_eq!(other.sequence, 1);
+    assert_eq!(sequences(store, "a").await, [1, 2, 3, 4, 5]);
+}
+
+async fn expected_sequence_mismatch_writes_nothing(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    store.append(intent("a", Some(0), &["counter.added"])).await.expect("create");
+
+    for expected in [0, 2, 7] {
+        let ran = Arc::new(AtomicU32::new(0));
+        let seen = ran.clone();
+        let result = store
+            .write(intent("a", Some(expected), &["counter.incremented"]), move |txn, ctx| {
+                let seen = seen.clone();
+                state(async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    increment(txn, "a", ctx).await
+                })
+            })
+            .await;
+        let err = assert_kind(result, ErrorKind::Aborted, "STORE-sequence-mismatch");
+        assert!(err.message().contains("concurrently") && err.message().contains("retry"), "{}", err.message());
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "no retry and no state change on a mismatch");
+    }
+    assert_eq!(sequences(store, "a").await, [1]);
+    assert_eq!(read_counter(store.reader(), "a").await.expect("read"), None);
+}
+
+async fn state_error_rolls_everything_back(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+
+    // A domain error after a state row was written: the row and the events disappear, the error comes back as is.
+    let result = store
+        .write(intent("a", None, &["counter.added"]), |txn, ctx| {
+            state(async move {
+                increment(txn, "a", ctx).await?;
+                Err(Error::new(ErrorKind::FailedPrecondition, "COUNTER-frozen", "the counter is frozen").into())
+            })
+        })
+        .await;
+    let err = assert_kind(result, ErrorKind::FailedPrecondition, "COUNTER-frozen");
+    assert_eq!(err.message(), "the counter is frozen");
+    assert!(sequences(store, "a").await.is_empty());
+    assert_eq!(read_counter(store.reader(), "a").await.expect("read"), None);
+
+    // A database error from the closure: a duplicate key becomes AlreadyExists, not a retry.
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counted = attempts.clone();
+    let result = store
+        .write(intent("a", None, &["counter.added"]), move |txn, ctx| {
+            let counted = counted.clone();
+            state(async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                insert_counter(txn, "a", 1, ctx.sequence).await?;
+                insert_counter(txn, "a", 1, ctx.sequence).await?;
+                Ok(())
+            })
+        })
+        .await;
+    let err = assert_kind(result, ErrorKind::AlreadyExists, "STORE-already-exists");
+    assert!(!err.message().to_lowercase().contains("insert"), "no SQL in messages: {}", err.message());
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert!(sequences(store, "a").await.is_empty());
+    assert_eq!(read_counter(store.reader(), "a").await.expect("read"), None);
+    assert_eq!(store.details(&aggregate("a")).await.expect("details"), None);
+
+    // A failing statement that is no constraint: internal, with a generic message and the cause kept.
+    let result = store
+        .write(intent("a", None, &["counter.added"]), |txn, _| {
+            state(async move {
+                txn.execute_unprepared("UPDATE no_such_table SET x = 1").await?;
+                Ok(())
+            })
+        })
+        .await;
+    let err = assert_kind(result, ErrorKind::Internal, "STORE-internal");
+    assert_eq!(err.message(), "internal error");
+    assert!(err.to_string().contains("no_such_table"), "cause kept for logs: {err}");
+    assert!(sequences(store, "a").await.is_empty());
+
+    // The same write without the failure goes through afterwards.
+    let details = store.write(intent("a", None, &["counter.added"]), |txn, ctx| state(increment(txn, "a", ctx))).await;
+    assert_eq!(details.expect("write").sequence, 1);
+    assert_eq!(read_counter(store.reader(), "a").await.expect("read"), Some((1, 1)));
+}
+
+async fn concurrent_writers_with_same_expected_sequence(store: &Store) {
+    migrated(store).await;
+    for round in 0..5 {
+        let id = format!("race-{round}");
+        store.append(intent(&id, Some(0), &["counter.added"])).await.expect("create");
+        let writers = (0..2).map(|_| {
+            let store = store.clone();
+            let intent = intent(&id, Some(1), &["counter.incremented"]);
+            tokio::spawn(async move { store.append(intent).await })
+        });
+        let results: Vec<_> = futures::future::join_all(writers).await.into_iter().map(|r| r.expect("task")).collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "exactly one writer wins: {results:?}");
+        for result in results {
+            if let Err(err) = result {
+                assert_eq!((err.kind(), err.id()), (ErrorKind::Aborted, "STORE-sequence-mismatch"), "{err}");
+            }
+        }
+        assert_eq!(sequences(store, &id).await, [1, 2]);
+    }
+}
+
+async fn concurrent_writers_without_expected_sequence(store: &Store) {
+    migrated(store).await;
+    let writers = (0..20).map(|i| {
+        let store = store.clone();
+        let intent = WriteIntent {
+            events: vec![NewEvent { event_type: "counter.incremented".into(), payload: json!({ "writer": i }) }],
+            ..intent("hot", None, &[])
+        };
+        tokio::spawn(async move { store.append(intent).await })
+    });
+    let mut answered = BTreeSet::new();
+    for result in futures::future::join_all(writers).await {
+        let details = result.expect("task").expect("every writer succeeds");
+        assert!(answered.insert(details.sequence), "sequence {} answered twice", details.sequence);
+    }
+    assert_eq!(answered, (1..=20).collect());
+    let events = store.events(&aggregate("hot")).await.expect("events");
+    assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    let writers: BTreeSet<_> = events.iter().map(|e| e.payload["writer"].as_u64().expect("writer")).collect();
+    assert_eq!(writers, (0..20).collect(), "no event lost");
+}
+
+async fn concurrent_read_modify_write_loses_nothing(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    let writers = (0..20).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .write(intent("c", None, &["counter.incremented"]), |txn, ctx| {
+                    state(async move {
+                        // Give a concurrent writer every chance to interleave between the read and the write.
+                        let before = read_counter(txn, "c").await?;
+                        tokio::task::yield_now().await;
+                        increment(txn, "c", ctx).await?;
+                        let after = read_counter(txn, "c").await?;
+                        assert_eq!(after.map(|(v, _)| v), Some(before.map_or(1, |(v, _)| v + 1)));
+                        Ok(())
+                    })
+                })
+                .await
+        })
+    });
+    let mut succeeded = 0;
+    for result in futures::future::join_all(writers).await {
+        result.expect("task").expect("every writer succeeds");
+        succeeded += 1;
+    }
+    assert_eq!(read_counter(store.reader(), "c").await.expect("read"), Some((succeeded, succeeded)));
+    assert_eq!(sequences(store, "c").await, (1..=20).collect::<Vec<_>>());
+}
+
+/// An event row written behind the helper's back, on another connection, as a competing writer would.
+async fn intrude(store: &Store, id: &str, sequence: i64) -> Result<(), DbErr> {
+    let insert = Query::insert()
+        .into_table(Alias::new("events"))
+        .columns(
+            [
+                "aggregate_type",
+                "aggregate_id",
+                "sequence",
+                "event_type",
+                "payload",
+                "resource_owner",
+                "creator",
+                "created_at",
+            ]
+            .map(Alias::new),
+        )
+        .values([
+            "counter".into(),
+            id.into(),
+            sequence.into(),
+            "counter.intruded".into(),
+            json!({}).into(),
+            "org-1".into(),
+            "intruder".into(),
+            chrono::Utc::now().into(),
+        ])
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .to_owned();
+    store.reader().execute(&insert).await.map(drop)
+}
+
+async fn collision_is_retried_without_gaps(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    let intruder = store.clone();
+    let details = store
+        .write(intent("r", None, &["counter.incremented"]), move |txn, ctx| {
+            let intruder = intruder.clone();
+            state(async move {
+                increment(txn, "r", ctx).await?;
+                if ctx.attempt == 1 {
+                    // PostgreSQL: the competing event commits and our append then collides on its sequence.
+                    // SQLite: the competitor waits for the write lock we hold and gives up busy; its error
+                    // stands for "another writer is in the way" and is retried the same way.
+                    if let Err(err) = intrude(&intruder, "r", i64::try_from(ctx.sequence).expect("small")).await {
+                        return Err(err.into());
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+        .expect("the retry succeeds");
+
+    let events = store.events(&aggregate("r")).await.expect("events");
+    let seqs: Vec<_> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(seqs, (1..=details.sequence).collect::<Vec<_>>(), "no gaps");
+    assert_eq!(events.last().map(|e| e.creator.as_str()), Some("user-1"));
+    // The first try's state change was rolled back: the counter counts one successful write.
+    assert_eq!(
+        read_counter(store.reader(), "r").await.expect("read"),
+        Some((1, i64::try_from(details.sequence).expect("small")))
+    );
+}
+
+async fn persistent_collision_gives_up(store: &Store) {
+    migrated(store).await;
+    let intruder = store.clone();
+    let tries = Arc::new(AtomicU32::new(0));
+    let counted = tries.clone();
+    let result = store
+        .write(intent("p", None, &["counter.incremented"]), move |_, ctx| {
+            let intruder = intruder.clone();
+            let counted = counted.clone();
+            state(async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                match intrude(&intruder, "p", i64::try_from(ctx.sequence).expect("small")).await {
+                    Err(err) => Err(err.into()),
+                    Ok(()) => Ok(()),
+                }
+            })
+        })
+        .await;
+    let err = assert_kind(result, ErrorKind::Aborted, "STORE-conflict");
+    assert!(err.message().contains("retry"), "{}", err.message());
+    assert_eq!(tries.load(Ordering::SeqCst), 5);
+    // Whatever the competitor managed to write is numbered without gaps; nothing of ours is there.
+    let events = store.events(&aggregate("p")).await.expect("events");
+    assert!(events.iter().all(|e| e.creator == "intruder"));
+    assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=events.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn unknown_scheme_is_refused_naming_database_url() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = Store::connect(&config(Some("mysql://root:hunter2@localhost/db".into()), dir.path().into()))
+        .await
+        .expect_err("mysql is not supported");
+    let text = err.to_string();
+    assert!(text.contains("database_url") && !text.contains("hunter2"), "{text}");
+    assert_eq!(Error::from(err).kind(), ErrorKind::Internal);
+}
+
+#[tokio::test]
+async fn sqlite_url_and_isolated_file() {
+    let url = testing::isolated_database_url("").await.expect("isolated SQLite URL");
+    assert!(url.starts_with("sqlite://"), "{url}");
+    let store = Store::connect(&config(Some(url.clone()), std::env::temp_dir())).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store.append(intent("a", None, &["counter.added"])).await.expect("append");
+    // A second store on the same file sees the data (it is a file, not memory).
+    let again = Store::connect(&config(Some(url.clone()), std::env::temp_dir())).await.expect("reconnect");
+    assert_eq!(sequences(&again, "a").await, [1]);
+    assert_eq!(again.pool_stats().max, 4 + 1, "readers plus the one writer");
+    again.close().await;
+    store.close().await;
+    testing::drop_isolated_database(&url).await.expect("remove the file");
+}
+
+#[tokio::test]
+async fn sqlite_in_memory() {
+    let store =
+        Store::connect(&config(Some("sqlite::memory:".into()), std::env::temp_dir())).await.expect("connect to memory");
+    store.migrate().await.expect("migrate");
+    let details = store.append(intent("m", None, &["counter.added"])).await.expect("append");
+    assert_eq!(store.details(&aggregate("m")).await.expect("details"), Some(details));
+}
+
+#[tokio::test]
+async fn stale_database_cleanup_spares_young_ones() {
+    let Ok(base) = std::env::var("FLOWGATE_TEST_DATABASE_URL") else { return };
+    if base.is_empty() {
+        return;
+    }
+    let url = testing::isolated_database_url(&base).await.expect("create");
+    testing::drop_stale_databases(&base).await.expect("cleanup");
+    // Just created and not connected yet: a cleanup running beside a suite must not take it away.
+    let store = Store::connect(&config(Some(url.clone()), std::env::temp_dir())).await.expect("still there");
+    store.close().await;
+    testing::drop_isolated_database(&url).await.expect("drop");
+    assert_eq!(testing::drop_stale_databases("sqlite://x.db").await.expect("no-op"), 0);
+}
