@@ -119,7 +119,7 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Pools, StoreError> {
         Target::Sqlite { options, in_memory: true } => {
             // An in-memory database lives as long as its connections; one connection, never recycled,
             // keeps it alive and serves both reads and writes.
-            let pool = SqlitePoolOptions::new()
+            let pool = sqlite_pool()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
@@ -147,7 +147,7 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Pools, StoreError> {
                 .synchronous(SqliteSynchronous::Normal);
             // The writer is opened first: it creates the file and switches it to WAL, a persistent property
             // of the file, so reader connections need not (and must not, it takes an exclusive lock) set it.
-            let writer = SqlitePoolOptions::new()
+            let writer = sqlite_pool()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
@@ -155,7 +155,7 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Pools, StoreError> {
                 .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
                 .await
                 .map_err(StoreError::Connect)?;
-            let reader = SqlitePoolOptions::new()
+            let reader = sqlite_pool()
                 .max_connections(max)
                 .acquire_timeout(config.acquire_timeout)
                 .connect_with(options)
@@ -184,6 +184,12 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Pools, StoreError> {
             })
         }
     }
+}
+
+/// Pool options shared by every SQLite pool.
+fn sqlite_pool() -> SqlitePoolOptions {
+    // A local file cannot drop the connection; a liveness ping per checkout would be pure cost.
+    SqlitePoolOptions::new().test_before_acquire(false)
 }
 
 impl Pools {

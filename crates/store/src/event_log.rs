@@ -120,8 +120,10 @@ impl Store {
     /// A sequence other than the expected one fails with `Aborted`/`STORE-sequence-mismatch` and writes
     /// nothing. Without an expected sequence, a collision with a concurrent writer rolls back and runs
     /// everything again (a few times, with jittered backoff) before failing with `Aborted`/`STORE-conflict`;
-    /// `state` must therefore only touch the database, never the outside world. An error from `state` rolls
-    /// back and is returned as is (database errors mapped).
+    /// `state` must therefore only touch the database, never the outside world, and only through the
+    /// transaction it is given: on SQLite that transaction holds the one writer connection, so calling back
+    /// into [`Store::write`] or [`Store::writer`] from inside would wait for itself until the acquire timeout.
+    /// An error from `state` rolls back and is returned as is (database errors mapped).
     pub async fn write_returning<T, F>(&self, intent: WriteIntent, mut state: F) -> Result<(T, Details), Error>
     where
         T: Send,

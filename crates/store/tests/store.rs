@@ -10,7 +10,7 @@ use flowgate_core::event::{AggregateRef, NewEvent, WriteIntent};
 use flowgate_core::system::StoreStatus;
 use flowgate_core::{Error, ErrorKind};
 use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
-use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
 use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
@@ -543,4 +543,23 @@ async fn stale_database_cleanup_spares_young_ones() {
     store.close().await;
     testing::drop_isolated_database(&url).await.expect("drop");
     assert_eq!(testing::drop_stale_databases("sqlite://x.db").await.expect("no-op"), 0);
+}
+
+#[tokio::test]
+async fn sqlite_connections_use_wal_normal_and_foreign_keys() {
+    let db = TestDb::sqlite().await;
+    for (role, conn) in [("writer", db.store.writer()), ("reader", db.store.reader())] {
+        let pragma = async |name: &str| -> String {
+            let row = conn.query_one_raw(Statement::from_string(DbBackend::Sqlite, format!("PRAGMA {name}")));
+            let row = row.await.expect("pragma").expect("a row");
+            row.try_get_by_index::<String>(0)
+                .or_else(|_| row.try_get_by_index::<i64>(0).map(|v| v.to_string()))
+                .expect("pragma value")
+        };
+        assert_eq!(pragma("journal_mode").await, "wal", "{role}");
+        assert_eq!(pragma("synchronous").await, "1", "{role}: NORMAL");
+        assert_eq!(pragma("foreign_keys").await, "1", "{role}");
+        assert_eq!(pragma("busy_timeout").await, "100", "{role}");
+    }
+    db.finish().await;
 }
