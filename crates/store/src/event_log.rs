@@ -118,8 +118,10 @@ impl Store {
     /// the aggregate's new [`Details`].
     ///
     /// A sequence other than the expected one fails with `Aborted`/`STORE-sequence-mismatch` and writes
-    /// nothing. Without an expected sequence, a collision with a concurrent writer rolls back and runs
-    /// everything again (a few times, with jittered backoff) before failing with `Aborted`/`STORE-conflict`;
+    /// nothing, without retrying. Without an expected sequence, a collision with a concurrent writer rolls
+    /// back and runs everything again (a few times, with jittered backoff) before failing with
+    /// `Aborted`/`STORE-conflict`; a lock timeout or serialization failure is retried the same way in both
+    /// modes, the next try's sequence check deciding whether the write may still go ahead;
     /// `state` must therefore only touch the database, never the outside world, and only through the
     /// transaction it is given: on SQLite that transaction holds the one writer connection, so calling back
     /// into [`Store::write`] or [`Store::writer`] from inside would wait for itself until the acquire timeout.
