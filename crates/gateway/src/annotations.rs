@@ -83,21 +83,29 @@ pub fn http_bindings(pool: &DescriptorPool, names: &OptionNames) -> Result<Vec<H
                 continue;
             }
             let success_code = match &code_ext {
-                Some(ext) if options.has_extension(ext) => match options.get_extension(ext).as_ref() {
-                    Value::U32(0) => 200,
-                    Value::U32(n) => u16::try_from(*n)
-                        .ok()
-                        .filter(|c| (100..600).contains(c))
-                        .ok_or_else(|| format!("{}: success code {n} is not an HTTP status", method.full_name()))?,
-                    other => return Err(format!("{}: success code option is not a uint32: {other:?}", method.full_name())),
-                },
+                Some(ext) if options.has_extension(ext) => {
+                    let value = options.get_extension(ext);
+                    let Value::U32(n) = value.as_ref() else {
+                        return Err(format!("{}: success code option is not a uint32", method.full_name()));
+                    };
+                    match *n {
+                        0 => 200,
+                        n => u16::try_from(n)
+                            .ok()
+                            .filter(|c| (100..600).contains(c))
+                            .ok_or_else(|| format!("{}: success code {n} is not an HTTP status", method.full_name()))?,
+                    }
+                }
                 _ => 200,
             };
             let media_type = match &media_ext {
-                Some(ext) if options.has_extension(ext) => match options.get_extension(ext).as_ref() {
-                    Value::String(s) => s.clone(),
-                    other => return Err(format!("{}: media type option is not a string: {other:?}", method.full_name())),
-                },
+                Some(ext) if options.has_extension(ext) => {
+                    let value = options.get_extension(ext);
+                    let Value::String(s) = value.as_ref() else {
+                        return Err(format!("{}: media type option is not a string", method.full_name()));
+                    };
+                    s.clone()
+                }
                 _ => String::new(),
             };
             let Value::Message(rule) = options.get_extension(&http_ext).into_owned() else {

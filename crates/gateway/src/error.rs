@@ -257,9 +257,11 @@ pub(crate) fn error_body(input: ErrorInput<'_>) -> Value {
                 }
                 for (field, description) in decoded.violations {
                     let key = if field.is_empty() { "non_field_errors".to_string() } else { field };
-                    match obj.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
-                        Value::Array(list) => list.push(Value::String(description)),
-                        other => *other = json!([description]),
+                    let slot = obj.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(list) = slot {
+                        list.push(Value::String(description));
+                    } else {
+                        *slot = json!([description]);
                     }
                 }
                 return Value::Object(obj);
@@ -343,7 +345,9 @@ mod tests {
         assert_eq!(d.violations, vec![("slug".to_string(), "too long".to_string())]);
         assert_eq!(
             d.details_json,
-            vec![json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": "slug", "description": "too long"}]})]
+            vec![
+                json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": "slug", "description": "too long"}]})
+            ]
         );
         assert!(decode_details(None, b"\xff\xff garbage").violations.is_empty());
     }

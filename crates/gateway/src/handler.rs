@@ -33,7 +33,12 @@ impl Handler {
     }
 
     /// Invokes the handler.
-    pub fn call(&self, request: Value, metadata: MetadataMap, extensions: http::Extensions) -> BoxFuture<Result<Value, tonic::Status>> {
+    pub fn call(
+        &self,
+        request: Value,
+        metadata: MetadataMap,
+        extensions: http::Extensions,
+    ) -> BoxFuture<Result<Value, tonic::Status>> {
         (self.0)(request, metadata, extensions)
     }
 }

@@ -171,7 +171,8 @@ impl Gateway {
             let mut vars = Vec::with_capacity(template.vars.len());
             for var in &template.vars {
                 let names: Vec<&str> = var.field_path.iter().map(String::as_str).collect();
-                let path = request::resolve_path(&plans, input, &names).map_err(|e| fail(format!("path variable: {e}")))?;
+                let path =
+                    request::resolve_path(&plans, input, &names).map_err(|e| fail(format!("path variable: {e}")))?;
                 let fields = request::fields_along(&plans, input, &path)
                     .ok_or_else(|| fail("path variable does not resolve".into()))?;
                 let settable = fields.last().is_some_and(|f| {
@@ -193,7 +194,9 @@ impl Gateway {
                 "*" => BodySpec::Whole,
                 field => {
                     let names: Vec<&str> = field.split('.').collect();
-                    BodySpec::Field(request::resolve_path(&plans, input, &names).map_err(|e| fail(format!("body: {e}")))?)
+                    BodySpec::Field(
+                        request::resolve_path(&plans, input, &names).map_err(|e| fail(format!("body: {e}")))?,
+                    )
                 }
             };
             let response_body = match binding.response_body.as_str() {
@@ -332,9 +335,8 @@ impl Gateway {
         });
         let route = if group.len() > 1 && group.iter().any(|r| !r.media_type.is_empty()) {
             let exact = content_type.as_deref().and_then(|ct| group.iter().find(|r| r.media_type == ct));
-            let plain = || {
-                group.iter().find(|r| r.media_type.is_empty() && content_type.as_deref().is_none_or(is_json))
-            };
+            let plain =
+                || group.iter().find(|r| r.media_type.is_empty() && content_type.as_deref().is_none_or(is_json));
             match exact.or_else(plain) {
                 Some(r) => *r,
                 None => {
@@ -400,7 +402,8 @@ impl Gateway {
             };
             match &route.body {
                 BodySpec::Whole => {
-                    request = request::normalize_message(plans, route.input, &value, dialect, "").map_err(Reject::field)?;
+                    request =
+                        request::normalize_message(plans, route.input, &value, dialect, "").map_err(Reject::field)?;
                 }
                 BodySpec::Field(path) => {
                     let fields = request::fields_along(plans, route.input, path).unwrap_or_default();
@@ -432,7 +435,10 @@ impl Gateway {
         {
             *last = &last[..i];
         }
-        let captures = route.template.captures(&segments).map_err(|e| Reject::field(FieldError { field: String::new(), description: e }))?;
+        let captures = route
+            .template
+            .captures(&segments)
+            .map_err(|e| Reject::field(FieldError { field: String::new(), description: e }))?;
         for (path, text) in route.vars.iter().zip(captures) {
             let fields = request::fields_along(plans, route.input, path).unwrap_or_default();
             let Some(last) = fields.last() else { continue };
@@ -457,7 +463,12 @@ impl Gateway {
         })
     }
 
-    async fn read_body(&self, parts: &http::request::Parts, body: Body, dialect: Dialect) -> Result<bytes::Bytes, Reject> {
+    async fn read_body(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        dialect: Dialect,
+    ) -> Result<bytes::Bytes, Reject> {
         let limit = self.inner.config.body_limit;
         let too_large = || {
             let message = match dialect {
@@ -466,14 +477,19 @@ impl Gateway {
             };
             Reject::new(StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted, message)
         };
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
         match Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-            Err(e) => Err(Reject::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, format!("could not read the request body: {e}"))),
+            Err(e) => Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                format!("could not read the request body: {e}"),
+            )),
         }
     }
 
@@ -494,12 +510,19 @@ impl Gateway {
                     description: "query string is not valid UTF-8 after percent-decoding".into(),
                 }));
             };
-            let found = if matches!(route.body, BodySpec::Whole) { None } else { request::query_fields(plans, route.input, &key) };
+            let found = if matches!(route.body, BodySpec::Whole) {
+                None
+            } else {
+                request::query_fields(plans, route.input, &key)
+            };
             let Some((path, fields)) = found else {
                 if lenient {
                     continue;
                 }
-                return Err(Reject::field(FieldError { field: key.clone(), description: format!("unknown query parameter `{key}`") }));
+                return Err(Reject::field(FieldError {
+                    field: key.clone(),
+                    description: format!("unknown query parameter `{key}`"),
+                }));
             };
             if route.bound.iter().any(|b| path.starts_with(b)) {
                 if lenient {
@@ -570,6 +593,8 @@ impl Gateway {
             }
             BodySpec::None => return,
         }
+        // JSON object key order is not guaranteed to survive parsing; a sorted mask is deterministic.
+        paths.sort();
         request.insert(mask_field.json_name.clone(), serde_json::json!({ "paths": paths }));
     }
 
@@ -608,7 +633,9 @@ impl Gateway {
             Some(path) => {
                 let fields = request::fields_along(plans, route.output, path).unwrap_or_default();
                 match fields.last() {
-                    Some(last) => render::render_response_field(plans, last, render::take_path(value, &fields), dialect),
+                    Some(last) => {
+                        render::render_response_field(plans, last, render::take_path(value, &fields), dialect)
+                    }
                     None => value,
                 }
             }

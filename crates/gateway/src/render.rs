@@ -29,10 +29,7 @@ pub(crate) fn render_message(plans: &Plans, msg: usize, value: Value, dialect: D
             Value::Object(out)
         }
         Dialect::Authentik => {
-            let mut obj = match value {
-                Value::Object(o) => o,
-                _ => Map::new(),
-            };
+            let mut obj = if let Value::Object(o) = value { o } else { Map::new() };
             let mut out = Map::with_capacity(plan.fields.len());
             for field in &plan.fields {
                 let v = obj.remove(&field.json_name).or_else(|| obj.remove(&field.name)).unwrap_or(Value::Null);
@@ -81,10 +78,13 @@ fn render_elem(plans: &Plans, ty: Ty, v: Value, dialect: Dialect) -> Value {
             }
             render_message(plans, m, v, dialect)
         }
-        Ty::Wkt(Wkt::Timestamp) => match v {
-            Value::String(s) => Value::String(utc_z(s)),
-            other => other,
-        },
+        Ty::Wkt(Wkt::Timestamp) => {
+            if let Value::String(s) = v {
+                Value::String(utc_z(s))
+            } else {
+                v
+            }
+        }
         Ty::Wkt(Wkt::FieldMask) => field_mask_text(v),
         Ty::Scalar(Scalar::I64 | Scalar::U64) | Ty::Wkt(Wkt::Wrapper(Scalar::I64 | Scalar::U64))
             if dialect != Dialect::Zitadel =>
@@ -118,20 +118,16 @@ fn int_number(v: Value) -> Value {
 
 /// pbjson's `{"paths": [..]}` → the proto3 JSON string `a,bC.d`.
 fn field_mask_text(v: Value) -> Value {
-    match &v {
-        Value::Object(o) => {
-            let paths: Vec<String> = match o.get("paths") {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(|p| p.split('.').map(lower_camel).collect::<Vec<_>>().join("."))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            Value::String(paths.join(","))
-        }
-        _ => v,
-    }
+    let Value::Object(o) = &v else { return v };
+    let paths: Vec<String> = match o.get("paths") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|p| p.split('.').map(lower_camel).collect::<Vec<_>>().join("."))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Value::String(paths.join(","))
 }
 
 fn enum_short(plans: &Plans, e: usize, v: &Value) -> Value {
@@ -139,7 +135,7 @@ fn enum_short(plans: &Plans, e: usize, v: &Value) -> Value {
     let number = match v {
         Value::String(s) => plan.by_name.get(s).copied(),
         Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
-        _ => None,
+        Value::Null | Value::Bool(_) | Value::Array(_) | Value::Object(_) => None,
     };
     match number.and_then(|n| plan.short_of.get(&n)) {
         Some(Some(short)) => Value::String(short.clone()),
@@ -152,9 +148,10 @@ fn enum_short(plans: &Plans, e: usize, v: &Value) -> Value {
 /// Extracts `response_body` (a field path of json-name hops) from a rendered-later message value.
 pub(crate) fn take_path(mut value: Value, fields: &[&FieldPlan]) -> Value {
     for f in fields {
-        value = match value {
-            Value::Object(mut o) => o.remove(&f.json_name).or_else(|| o.remove(&f.name)).unwrap_or(Value::Null),
-            _ => Value::Null,
+        value = if let Value::Object(mut o) = value {
+            o.remove(&f.json_name).or_else(|| o.remove(&f.name)).unwrap_or(Value::Null)
+        } else {
+            Value::Null
         };
     }
     value

@@ -134,7 +134,9 @@ fn normalize_elem(plans: &Plans, ty: Ty, v: &Value, dialect: Dialect, path: &str
                 Some(n) => enum_from_number(plans, e, n, path),
                 None => Err(FieldError::new(path, format!("{n} is not a valid choice"))),
             },
-            other => Err(FieldError::new(path, format!("{} is not a valid choice", short(other)))),
+            other @ (Value::Null | Value::Bool(_) | Value::Array(_) | Value::Object(_)) => {
+                Err(FieldError::new(path, format!("{} is not a valid choice", short(other))))
+            }
         },
         Ty::Message(m) => Ok(Value::Object(normalize_message(plans, m, v, dialect, path)?)),
         Ty::Wkt(w) => normalize_wkt(w, v, path),
@@ -369,8 +371,7 @@ pub(crate) fn check_timestamp(s: &str) -> Result<(), String> {
     let hour: u32 = s[11..13].parse().unwrap_or(99);
     let minute: u32 = s[14..16].parse().unwrap_or(99);
     let second: u32 = s[17..19].parse().unwrap_or(99);
-    if !zone_ok || !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
-    {
+    if !zone_ok || !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return Err(format!("expected an RFC 3339 timestamp, got {s:?}"));
     }
     Ok(())
@@ -453,16 +454,24 @@ pub(crate) fn put(root: &mut Map<String, Value>, fields: &[&FieldPlan], value: V
         }
         Put::Append => {
             let slot = at.entry(last.json_name.clone()).or_insert_with(|| Value::Array(Vec::new()));
-            match slot {
-                Value::Array(items) => items.push(value),
-                _ => *slot = Value::Array(vec![value]),
+            if let Value::Array(items) = slot {
+                items.push(value);
+            } else {
+                *slot = Value::Array(vec![value]);
             }
         }
     }
 }
 
 /// Proto field paths of the keys a client sent in `body` (a JSON object for message `msg`), for update masks.
-pub(crate) fn mask_paths(plans: &Plans, msg: usize, body: &Value, prefix: &str, skip: Option<usize>, out: &mut Vec<String>) {
+pub(crate) fn mask_paths(
+    plans: &Plans,
+    msg: usize,
+    body: &Value,
+    prefix: &str,
+    skip: Option<usize>,
+    out: &mut Vec<String>,
+) {
     let (Some(plan), Value::Object(obj)) = (plans.messages.get(msg), body) else { return };
     for (key, v) in obj {
         let Some(&fi) = plan.by_name.get(key.as_str()) else { continue };
@@ -509,7 +518,14 @@ mod tests {
         for ok in ["2024-01-02T03:04:05Z", "2024-01-02T03:04:05.123456789+01:00", "2024-12-31t23:59:60z"] {
             assert!(check_timestamp(ok).is_ok(), "{ok}");
         }
-        for bad in ["2024-01-02", "2024-13-02T03:04:05Z", "2024-01-02T03:04:05", "2024-01-02T03:04:05.Z", "xxxxxxxxxxxxxxxxxxxxxx", "2024-01-02T03:04:05+0100"] {
+        for bad in [
+            "2024-01-02",
+            "2024-13-02T03:04:05Z",
+            "2024-01-02T03:04:05",
+            "2024-01-02T03:04:05.Z",
+            "xxxxxxxxxxxxxxxxxxxxxx",
+            "2024-01-02T03:04:05+0100",
+        ] {
             assert!(check_timestamp(bad).is_err(), "{bad}");
         }
         for ok in ["18000s", "-1.5s", "0.000000001s"] {
@@ -538,7 +554,10 @@ mod tests {
 
     #[test]
     fn field_masks() {
-        assert_eq!(field_mask_from_text("title,compatibilityMode,stage.metaModel"), serde_json::json!({"paths": ["title", "compatibility_mode", "stage.meta_model"]}));
+        assert_eq!(
+            field_mask_from_text("title,compatibilityMode,stage.metaModel"),
+            serde_json::json!({"paths": ["title", "compatibility_mode", "stage.meta_model"]})
+        );
         assert_eq!(field_mask_from_text(""), serde_json::json!({"paths": []}));
     }
 }

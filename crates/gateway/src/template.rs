@@ -292,9 +292,9 @@ impl Router {
         if let Some((segments, verb)) = verb_split {
             let mut found = Vec::new();
             self.walk(0, segments, &mut found);
-            out.extend(found.into_iter().filter(|id| {
-                self.templates.get(*id).and_then(|t| t.verb.as_deref()) == Some(verb)
-            }));
+            out.extend(
+                found.into_iter().filter(|id| self.templates.get(*id).and_then(|t| t.verb.as_deref()) == Some(verb)),
+            );
         }
         let mut found = Vec::new();
         self.walk(0, raw_segments, &mut found);
@@ -326,7 +326,8 @@ impl Router {
         let mut at = 0;
         let mut best = self.nodes.first().and_then(|n| n.dialect);
         for seg in raw_segments {
-            let Some(next) = literal_key(seg).as_deref().and_then(|k| self.nodes.get(at).and_then(|n| n.literals.get(k)))
+            let Some(next) =
+                literal_key(seg).as_deref().and_then(|k| self.nodes.get(at).and_then(|n| n.literals.get(k)))
             else {
                 break;
             };
@@ -362,7 +363,16 @@ mod tests {
     #[test]
     fn parses_variables_patterns_and_verbs() {
         let t = Template::parse("/v1/{name=shelves/*/books/**}:publish").unwrap();
-        assert_eq!(t.segs, vec![Seg::Literal("v1".into()), Seg::Literal("shelves".into()), Seg::Single, Seg::Literal("books".into()), Seg::Multi]);
+        assert_eq!(
+            t.segs,
+            vec![
+                Seg::Literal("v1".into()),
+                Seg::Literal("shelves".into()),
+                Seg::Single,
+                Seg::Literal("books".into()),
+                Seg::Multi
+            ]
+        );
         assert_eq!(t.vars, vec![Var { field_path: vec!["name".into()], start: 1, end: 5 }]);
         assert_eq!(t.verb.as_deref(), Some("publish"));
 
@@ -374,7 +384,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        for bad in ["v1/x", "/v1/{a", "/v1/{a}}", "/v1/**/x", "/v1/{a={b}}", "/v1/{a}/{a}", "/v1/x:", "/v1/{}", "/v1/a*b"] {
+        for bad in
+            ["v1/x", "/v1/{a", "/v1/{a}}", "/v1/**/x", "/v1/{a={b}}", "/v1/{a}/{a}", "/v1/x:", "/v1/{}", "/v1/a*b"]
+        {
             assert!(Template::parse(bad).is_err(), "{bad} should be rejected");
         }
     }
