@@ -5,7 +5,6 @@
 //! calls a [`Handler`] and renders the answer (or the error) in the binding's [`Dialect`].
 
 mod annotations;
-mod cidr;
 mod error;
 mod handler;
 mod plan;
@@ -28,9 +27,9 @@ use tonic::Code;
 use tonic::metadata::{MetadataMap, MetadataValue};
 
 pub use annotations::{Dialect, HttpBinding, OptionNames, http_bindings, to_rust_code};
-pub use cidr::IpCidr;
 pub use error::http_status_for;
 pub use handler::{BoxFuture, Handler, unary};
+pub use ipnet::IpNet;
 
 use error::{ErrorInput, decode_details, error_body, status_with_violations};
 use plan::{Card, Plans, Ty, Wkt};
@@ -43,7 +42,7 @@ pub struct GatewayConfig {
     /// Largest accepted request body in bytes (larger ones get 413).
     pub body_limit: usize,
     /// Peers whose `x-forwarded-for` header is believed and forwarded.
-    pub trusted_proxies: Vec<IpCidr>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for GatewayConfig {
@@ -609,7 +608,9 @@ impl Gateway {
             }
         }
         let peer = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        if peer.is_some_and(|ip| self.inner.config.trusted_proxies.iter().any(|net| net.contains(ip))) {
+        // An IPv4 peer on a dual-stack socket shows up as `::ffff:a.b.c.d`; compare it as IPv4.
+        let peer = peer.map(|ip| ip.to_canonical());
+        if peer.is_some_and(|ip| self.inner.config.trusted_proxies.iter().any(|net| net.contains(&ip))) {
             for v in parts.headers.get_all("x-forwarded-for") {
                 if let Ok(v) = MetadataValue::try_from(v.as_bytes()) {
                     md.append("x-forwarded-for", v);

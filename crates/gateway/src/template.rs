@@ -403,6 +403,28 @@ mod tests {
     }
 
     #[test]
+    fn two_hundred_routes_match_by_walk() {
+        let mut routes = Vec::new();
+        for i in 0..200 {
+            let path = match i % 4 {
+                0 => format!("/v{i}/items/{{id}}"),
+                1 => format!("/v{i}/items/{{id}}/sub/{{name=a/*}}"),
+                2 => format!("/api/v3/r{i}/"),
+                _ => format!("/v{i}/{{name=**}}:run"),
+            };
+            routes.push((Template::parse(&path).unwrap(), Dialect::Zitadel));
+        }
+        let r = Router::new(routes);
+        assert_eq!(r.find(&["v0", "items", "7"], None), vec![0]);
+        assert_eq!(r.find(&["v101", "items", "7", "sub", "a", "b"], None), vec![101]);
+        assert_eq!(r.find(&["api", "v3", "r198", ""], None), vec![198]);
+        assert_eq!(r.find(&["v199", "x", "y:run"], Some((&["v199", "x", "y"], "run"))), vec![199]);
+        assert!(r.find(&["v1", "items", "7"], None).is_empty());
+        // Each node is reached through a hash lookup: the trie stays shallow and narrow.
+        assert!(r.nodes.len() < 200 * 6);
+    }
+
+    #[test]
     fn trie_prefers_literals_and_keeps_trailing_slash() {
         let routes = vec![
             (Template::parse("/a/{x}").unwrap(), Dialect::Zitadel),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use flowgate_gateway::{
-    Dialect, Gateway, GatewayConfig, GatewayError, Handler, HttpBinding, IpCidr, MatchedRpc, OptionNames,
-    http_bindings, to_rust_code, unary,
+    Dialect, Gateway, GatewayConfig, GatewayError, Handler, HttpBinding, IpNet, MatchedRpc, OptionNames, http_bindings,
+    to_rust_code, unary,
 };
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -1243,7 +1243,7 @@ fn meta_request(peer: Option<&str>) -> Request<Body> {
 async fn only_allowed_headers_become_metadata() {
     let h = harness_with(GatewayConfig {
         body_limit: 1024,
-        trusted_proxies: vec!["10.0.0.0/8".parse::<IpCidr>().unwrap(), "::1".parse().unwrap()],
+        trusted_proxies: vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "::1/128".parse().unwrap()],
     });
     let base = json!({
         "authorization": "Bearer t0k",
