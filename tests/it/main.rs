@@ -1,1 +1,8 @@
+//! Black-box tests: each starts the real server on 127.0.0.1:0 with a fresh database and talks to it
+//! over the network, every API scenario over gRPC, gRPC-web and JSON.
 
+mod cli;
+mod edge;
+mod fuzz;
+mod harness;
+mod system;

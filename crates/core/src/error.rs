@@ -57,7 +57,11 @@ impl Error {
     }
 
     /// An InvalidArgument error naming one field.
-    pub fn invalid_field(id: impl Into<Cow<'static, str>>, field: impl Into<String>, description: impl Into<String>) -> Self {
+    pub fn invalid_field(
+        id: impl Into<Cow<'static, str>>,
+        field: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
         let field = field.into();
         let description = description.into();
         let message = format!("invalid {field}: {description}");
@@ -66,18 +70,18 @@ impl Error {
 
     /// An InvalidArgument error for several fields at once (empty `violations` is a caller bug but stays valid).
     pub fn invalid_fields(id: impl Into<Cow<'static, str>>, violations: Vec<FieldViolation>) -> Self {
-        let message = violations
-            .iter()
-            .map(|v| format!("invalid {}: {}", v.field, v.description))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message =
+            violations.iter().map(|v| format!("invalid {}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
         let mut err = Self::new(ErrorKind::InvalidArgument, id, message);
         err.violations = violations;
         err
     }
 
     /// An Internal error wrapping its cause; the cause is logged at the edge and never sent to clients.
-    pub fn internal(id: impl Into<Cow<'static, str>>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn internal(
+        id: impl Into<Cow<'static, str>>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         let mut err = Self::new(ErrorKind::Internal, id, "internal error");
         err.source = Some(source.into());
         err

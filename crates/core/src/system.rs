@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::Result;
 
@@ -49,8 +50,21 @@ pub struct SystemInfo {
     pub schema_version: String,
     /// Time since the server started.
     pub uptime: Duration,
-    /// Fully-qualified names of the served API services.
+    /// When the server started (wall clock).
+    pub start_time: DateTime<Utc>,
+    /// The served API families.
+    pub families: Vec<ApiFamily>,
+}
+
+/// One served protobuf package with its services and REST dialect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFamily {
+    /// Protobuf package, e.g. `flowgate.session.v2`.
+    pub package: String,
+    /// Fully-qualified service names in the package.
     pub services: Vec<String>,
+    /// REST dialect name (`zitadel`, `authentik`, `pingone`).
+    pub rest_dialect: String,
 }
 
 /// Static facts fixed at start-up.
@@ -60,10 +74,12 @@ pub struct BuildFacts {
     pub version: String,
     /// Git commit the binary was built from.
     pub commit: String,
-    /// Fully-qualified names of the served API services.
-    pub services: Vec<String>,
-    /// When the server started.
+    /// The served API families.
+    pub families: Vec<ApiFamily>,
+    /// When the server started (monotonic, for uptime).
     pub started: Instant,
+    /// When the server started (wall clock).
+    pub start_time: DateTime<Utc>,
 }
 
 /// Use case: report version, storage and uptime.
@@ -74,6 +90,7 @@ pub async fn get_info(facts: &BuildFacts, store: &dyn StoreStatus) -> Result<Sys
         backend: store.backend(),
         schema_version: store.schema_version().await?,
         uptime: facts.started.elapsed(),
-        services: facts.services.clone(),
+        start_time: facts.start_time,
+        families: facts.families.clone(),
     })
 }

@@ -1,0 +1,8 @@
+//! Service adapters: protobuf request → core use case → protobuf response. No business rules here.
+
+pub mod system;
+
+/// The request id the edge attached to this call (always present behind the server's middleware).
+pub(crate) fn request_id<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}

@@ -1,0 +1,438 @@
+//! Configuration: defaults → TOML file (`--config`) → environment (`FLOWGATE_*`) → flags.
+//!
+//! Every value remembers where it came from, so a bad value is reported with its key and source.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flowgate_gateway::IpNet;
+use serde::Deserialize;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// The validated configuration of a flowgate process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the one listener binds to.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and generated files.
+    pub data_dir: PathBuf,
+    /// Database URL (`postgres://…` or `sqlite://…`); `None` means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Maximum database connections in the pool.
+    pub max_connections: u32,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter directive (`info`, `flowgate=debug`, …).
+    pub log_level: String,
+    /// Origins allowed to call the API from browsers (exact match).
+    pub cors_origins: Vec<String>,
+    /// TLS certificate and key; `None` serves plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsFiles>,
+    /// Largest accepted request body in bytes (JSON, gRPC and gRPC-web).
+    pub body_limit: usize,
+    /// Peers whose `x-forwarded-for` header is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
+}
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Built-in default.
+    Default,
+    /// The TOML file at this path.
+    File(PathBuf),
+    /// This environment variable.
+    Env(String),
+    /// This command-line flag.
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(n) => write!(f, "flag {n}"),
+        }
+    }
+}
+
+/// A configuration value that cannot be used, named by key and source.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration key `{key}` (from {origin}): {message}")]
+pub struct ConfigError {
+    /// The configuration key (TOML name).
+    pub key: String,
+    /// Where the bad value came from.
+    pub origin: Source,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Raw values of one source, all optional; the TOML file has exactly these keys.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// See [`Config::listen`].
+    pub listen: Option<String>,
+    /// See [`Config::data_dir`].
+    pub data_dir: Option<String>,
+    /// See [`Config::database_url`].
+    pub database_url: Option<String>,
+    /// See [`Config::max_connections`].
+    pub max_connections: Option<u32>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// See [`Config::log_level`].
+    pub log_level: Option<String>,
+    /// See [`Config::cors_origins`].
+    pub cors_origins: Option<Vec<String>>,
+    /// Path of the TLS certificate chain (PEM).
+    pub tls_cert: Option<String>,
+    /// Path of the TLS private key (PEM).
+    pub tls_key: Option<String>,
+    /// See [`Config::body_limit`].
+    pub body_limit: Option<u64>,
+    /// CIDRs or addresses, see [`Config::trusted_proxies`].
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Seconds, or a number with `s`/`ms`/`m` suffix.
+    pub drain_timeout: Option<String>,
+}
+
+/// Reads a TOML file into raw values; unknown keys and wrong types are errors naming the key.
+pub fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        key: "config".to_owned(),
+        origin: Source::Flag("--config".to_owned()),
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let message = e.message().to_owned();
+        // toml names the offending key in its message for unknown fields; for type errors the span
+        // points at the value, so recover the key from the line it sits on.
+        let key = e
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .and_then(|before| before.rsplit('\n').next())
+            .and_then(|line| line.split('=').next())
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "config".to_owned());
+        ConfigError { key, origin: Source::File(path.to_owned()), message }
+    })
+}
+
+/// Reads `FLOWGATE_*` variables from `env` (a snapshot of the process environment, or a test map).
+pub fn read_env(env: &HashMap<String, String>) -> Result<RawConfig, ConfigError> {
+    let get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+    let list =
+        |name: &str| get(name).map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
+    let number = |key: &str, name: &str| -> Result<Option<u64>, ConfigError> {
+        get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|e| ConfigError {
+                    key: key.to_owned(),
+                    origin: Source::Env(name.to_owned()),
+                    message: format!("{v:?} is not a number: {e}"),
+                })
+            })
+            .transpose()
+    };
+    let max_connections = number("max_connections", "FLOWGATE_MAX_CONNECTIONS")?
+        .map(|n| {
+            u32::try_from(n).map_err(|_| ConfigError {
+                key: "max_connections".to_owned(),
+                origin: Source::Env("FLOWGATE_MAX_CONNECTIONS".to_owned()),
+                message: "too large".to_owned(),
+            })
+        })
+        .transpose()?;
+    Ok(RawConfig {
+        listen: get("FLOWGATE_LISTEN"),
+        data_dir: get("FLOWGATE_DATA_DIR"),
+        database_url: get("FLOWGATE_DATABASE_URL"),
+        max_connections,
+        log_format: get("FLOWGATE_LOG_FORMAT"),
+        log_level: get("FLOWGATE_LOG_LEVEL"),
+        cors_origins: list("FLOWGATE_CORS_ORIGINS"),
+        tls_cert: get("FLOWGATE_TLS_CERT"),
+        tls_key: get("FLOWGATE_TLS_KEY"),
+        body_limit: number("body_limit", "FLOWGATE_BODY_LIMIT")?,
+        trusted_proxies: list("FLOWGATE_TRUSTED_PROXIES"),
+        drain_timeout: get("FLOWGATE_DRAIN_TIMEOUT"),
+    })
+}
+
+/// Name of the environment variable for a key, for error messages.
+fn env_name(key: &str) -> String {
+    format!("FLOWGATE_{}", key.to_ascii_uppercase())
+}
+
+/// Name of the flag for a key, for error messages.
+fn flag_name(key: &str) -> String {
+    match key {
+        "cors_origins" => "--cors-origin".to_owned(),
+        "trusted_proxies" => "--trusted-proxy".to_owned(),
+        other => format!("--{}", other.replace('_', "-")),
+    }
+}
+
+/// The layered sources, highest priority last.
+#[derive(Debug, Default)]
+pub struct Layers {
+    /// Values from the TOML file and its path.
+    pub file: Option<(PathBuf, RawConfig)>,
+    /// Values from the environment.
+    pub env: RawConfig,
+    /// Values from command-line flags.
+    pub flags: RawConfig,
+}
+
+impl Layers {
+    /// The winning value of one key and its source.
+    fn pick<T: Clone>(&self, key: &str, get: impl Fn(&RawConfig) -> Option<T>) -> Option<(T, Source)> {
+        if let Some(v) = get(&self.flags) {
+            return Some((v, Source::Flag(flag_name(key))));
+        }
+        if let Some(v) = get(&self.env) {
+            return Some((v, Source::Env(env_name(key))));
+        }
+        if let Some((path, raw)) = &self.file
+            && let Some(v) = get(raw)
+        {
+            return Some((v, Source::File(path.clone())));
+        }
+        None
+    }
+
+    /// Merges and validates the layers into a [`Config`].
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let bad =
+            |key: &str, source: Source, message: String| ConfigError { key: key.to_owned(), origin: source, message };
+
+        let listen = match self.pick("listen", |r| r.listen.clone()) {
+            Some((v, src)) => v
+                .parse::<SocketAddr>()
+                .map_err(|e| bad("listen", src, format!("{v:?}: {e} (expected host:port, e.g. 127.0.0.1:8080)")))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let data_dir = match self.pick("data_dir", |r| r.data_dir.clone()) {
+            Some((v, src)) if v.trim().is_empty() => return Err(bad("data_dir", src, "must not be empty".to_owned())),
+            Some((v, _)) => PathBuf::from(v),
+            None => PathBuf::from("./data"),
+        };
+        let database_url = match self.pick("database_url", |r| r.database_url.clone()) {
+            Some((v, src)) => {
+                let ok = ["postgres://", "postgresql://", "sqlite:"].iter().any(|p| v.starts_with(p));
+                if !ok {
+                    return Err(bad(
+                        "database_url",
+                        src,
+                        "must start with postgres://, postgresql:// or sqlite:".to_owned(),
+                    ));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let max_connections = match self.pick("max_connections", |r| r.max_connections) {
+            Some((0, src)) => return Err(bad("max_connections", src, "must be at least 1".to_owned())),
+            Some((n, _)) => n,
+            None => 16,
+        };
+        let log_format = match self.pick("log_format", |r| r.log_format.clone()) {
+            Some((v, src)) => match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(bad("log_format", src, format!("{other:?} is not one of text, json"))),
+            },
+            None => LogFormat::Text,
+        };
+        let log_level = match self.pick("log_level", |r| r.log_level.clone()) {
+            Some((v, src)) => {
+                tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| bad("log_level", src, e.to_string()))?;
+                v
+            }
+            None => "info".to_owned(),
+        };
+        let cors_origins = match self.pick("cors_origins", |r| r.cors_origins.clone()) {
+            Some((list, src)) => {
+                for origin in &list {
+                    validate_origin(origin).map_err(|m| bad("cors_origins", src.clone(), m))?;
+                }
+                list
+            }
+            None => Vec::new(),
+        };
+        let tls = match (self.pick("tls_cert", |r| r.tls_cert.clone()), self.pick("tls_key", |r| r.tls_key.clone())) {
+            (None, None) => None,
+            (Some((cert, _)), Some((key, _))) => Some(TlsFiles { cert: cert.into(), key: key.into() }),
+            (Some((_, src)), None) => return Err(bad("tls_key", src, "tls_cert is set but tls_key is not".to_owned())),
+            (None, Some((_, src))) => {
+                return Err(bad("tls_cert", src, "tls_key is set but tls_cert is not".to_owned()));
+            }
+        };
+        let body_limit = match self.pick("body_limit", |r| r.body_limit) {
+            Some((n, src)) if !(1024..=64 * 1024 * 1024).contains(&n) => {
+                return Err(bad("body_limit", src, format!("{n} is outside 1024..=67108864 bytes")));
+            }
+            Some((n, src)) => usize::try_from(n).map_err(|_| bad("body_limit", src, "too large".to_owned()))?,
+            None => 4 * 1024 * 1024,
+        };
+        let trusted_proxies = match self.pick("trusted_proxies", |r| r.trusted_proxies.clone()) {
+            Some((list, src)) => list
+                .iter()
+                .map(|p| {
+                    p.parse::<IpNet>()
+                        .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|_| bad("trusted_proxies", src.clone(), format!("{p:?} is not an IP address or CIDR")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let drain_timeout = match self.pick("drain_timeout", |r| r.drain_timeout.clone()) {
+            Some((v, src)) => parse_duration(&v)
+                .ok_or_else(|| bad("drain_timeout", src, format!("{v:?} is not a duration like 30s, 500ms or 2m")))?,
+            None => Duration::from_secs(30),
+        };
+        Ok(Config {
+            listen,
+            data_dir,
+            database_url,
+            max_connections,
+            log_format,
+            log_level,
+            cors_origins,
+            tls,
+            body_limit,
+            trusted_proxies,
+            drain_timeout,
+        })
+    }
+}
+
+/// An origin is `scheme://host[:port]` with nothing after it; `*` is refused because reflecting any
+/// origin defeats the allowlist.
+fn validate_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("{origin:?} must start with http:// or https://"))?;
+    if rest.is_empty()
+        || rest.contains('/')
+        || rest.contains('*')
+        || rest.contains('@')
+        || rest.contains(char::is_whitespace)
+    {
+        return Err(format!("{origin:?} must be scheme://host[:port] with no path or wildcard"));
+    }
+    http::HeaderValue::from_str(origin).map_err(|_| format!("{origin:?} is not a valid header value"))?;
+    Ok(())
+}
+
+/// `30`, `30s`, `500ms`, `2m`.
+fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.trim().parse().ok().map(Duration::from_millis);
+    }
+    if let Some(m) = v.strip_suffix('m') {
+        return m.trim().parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
+    }
+    v.strip_suffix('s').unwrap_or(v).trim().parse().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = Layers::default().resolve().expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert!(config.database_url.is_none());
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = RawConfig {
+            listen: Some("127.0.0.1:1".into()),
+            data_dir: Some("/f".into()),
+            log_format: Some("json".into()),
+            ..Default::default()
+        };
+        let layers = Layers {
+            file: Some((PathBuf::from("c.toml"), file)),
+            env: read_env(&env(&[("FLOWGATE_LISTEN", "127.0.0.1:2"), ("FLOWGATE_DATA_DIR", "/e")])).expect("env"),
+            flags: RawConfig { listen: Some("127.0.0.1:3".into()), ..Default::default() },
+        };
+        let config = layers.resolve().expect("valid");
+        assert_eq!(config.listen.port(), 3);
+        assert_eq!(config.data_dir, PathBuf::from("/e"));
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_key_and_source() {
+        let layers = Layers { env: read_env(&env(&[("FLOWGATE_LISTEN", "nope")])).expect("env"), ..Default::default() };
+        let err = layers.resolve().expect_err("bad listen");
+        assert_eq!(err.key, "listen");
+        assert_eq!(err.origin, Source::Env("FLOWGATE_LISTEN".into()));
+        let err = read_env(&env(&[("FLOWGATE_BODY_LIMIT", "big")])).expect_err("bad number");
+        assert_eq!(err.key, "body_limit");
+        for origin in ["*", "https://a.example/path", "ftp://x", "https://"] {
+            let layers = Layers {
+                flags: RawConfig { cors_origins: Some(vec![origin.into()]), ..Default::default() },
+                ..Default::default()
+            };
+            assert_eq!(layers.resolve().expect_err(origin).key, "cors_origins");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9\"\nlisten_port = 3\n").expect("write");
+        let err = read_file(&path).expect_err("unknown key");
+        assert!(err.to_string().contains("listen_port"), "{err}");
+        std::fs::write(&path, "body_limit = \"x\"\n").expect("write");
+        assert_eq!(read_file(&path).expect_err("wrong type").key, "body_limit");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! flowgate: a headless login-flow, session and identity-federation service.
+//!
+//! This crate is the edge: generated protobuf code, one adapter per service (protobuf ⇄ core), the
+//! single error mapping, configuration, and the server that answers native gRPC, gRPC-web and JSON on
+//! one port.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod pb;
+pub mod server;
+
+mod http_metrics;
+mod request_id;
+mod telemetry;

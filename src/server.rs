@@ -1,0 +1,353 @@
+//! The server: one listener answering native gRPC, gRPC-web and REST/JSON from the same service
+//! implementations, plus health, readiness, reflection and metrics; graceful drain on SIGTERM/SIGINT.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
+use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
+use flowgate_store::{Store, StoreConfig};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tower::ServiceExt as _;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::api::system::SystemApi;
+use crate::config::{Config, TlsFiles};
+use crate::http_metrics::{self, HttpMetrics, PoolGauge};
+use crate::pb;
+use crate::pb::flowgate::system::v1::system_service_server::SystemServiceServer;
+use crate::request_id;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A configured value turned out unusable at start-up (e.g. an unreadable TLS key).
+    #[error("{0}")]
+    Config(String),
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(String),
+    /// Binding or accepting on the listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The generated API tables are inconsistent (a build defect).
+    #[error("api tables: {0}")]
+    Api(String),
+}
+
+async fn open_store(config: &Config) -> Result<Store, ServeError> {
+    let store_config = StoreConfig {
+        url: config.database_url.clone(),
+        data_dir: config.data_dir.clone(),
+        max_connections: config.max_connections,
+        ..StoreConfig::default()
+    };
+    let store = Store::connect(&store_config).await.map_err(|e| ServeError::Store(e.to_string()))?;
+    store.migrate().await.map_err(|e| ServeError::Store(e.to_string()))?;
+    Ok(store)
+}
+
+/// `flowgate migrate`: apply every pending migration and report the schema version.
+pub async fn migrate(config: &Config) -> Result<(), ServeError> {
+    let store = open_store(config).await?;
+    let version = store.schema_version().await.map_err(|e| ServeError::Store(e.to_string()))?;
+    tracing::info!(backend = store.backend().as_str(), schema_version = %version, "migrations applied");
+    println!("schema version {version} ({})", store.backend().as_str());
+    Ok(())
+}
+
+/// `flowgate serve`: migrate, bind, serve until SIGTERM/SIGINT, then drain.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let store = open_store(&config).await?;
+    let schema_version = store.schema_version().await.map_err(|e| ServeError::Store(e.to_string()))?;
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let app = build_app(&config, store.clone()).await?;
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        addr = %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        backend = store.backend().as_str(),
+        schema_version = %schema_version,
+        "listening"
+    );
+    run(listener, app, tls, config.drain_timeout).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The served API families, derived from the REST handler table and the bindings.
+fn api_families(services: &[String], bindings: &[HttpBinding]) -> Vec<ApiFamily> {
+    let dialects: HashMap<&str, Dialect> = bindings.iter().map(|b| (b.service.as_str(), b.dialect)).collect();
+    let mut by_package: BTreeMap<String, ApiFamily> = BTreeMap::new();
+    for service in services {
+        let package = service.rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+        let dialect = match dialects.get(service.as_str()) {
+            Some(Dialect::Zitadel) | None => "zitadel",
+            Some(Dialect::Authentik) => "authentik",
+            Some(Dialect::PingOne) => "pingone",
+        };
+        let family = by_package.entry(package.clone()).or_insert_with(|| ApiFamily {
+            package,
+            services: Vec::new(),
+            rest_dialect: dialect.to_owned(),
+        });
+        if !family.services.contains(service) {
+            family.services.push(service.clone());
+        }
+    }
+    by_package.into_values().collect()
+}
+
+struct StorePool(Store);
+
+impl PoolGauge for StorePool {
+    fn pool_figures(&self) -> (u32, u32, u32) {
+        let stats = self.0.pool_stats();
+        (stats.connections, stats.idle, stats.max)
+    }
+}
+
+/// Shared state of the operational endpoints.
+#[derive(Clone)]
+struct Ops {
+    store: Store,
+    metrics: Arc<HttpMetrics>,
+}
+
+/// Builds the whole HTTP application (exposed for in-process use).
+pub async fn build_app(config: &Config, store: Store) -> Result<Router, ServeError> {
+    let started = Instant::now();
+    let pool =
+        prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).map_err(|e| ServeError::Api(e.to_string()))?;
+    let bindings = pb::http_bindings();
+
+    // The served families follow from the REST bindings: every API service has them.
+    let mut services: Vec<String> = bindings.iter().map(|b| b.service.clone()).collect();
+    services.sort();
+    services.dedup();
+    let facts = Arc::new(BuildFacts {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("FLOWGATE_GIT_COMMIT").to_owned(),
+        families: api_families(&services, &bindings),
+        started,
+        start_time: chrono::Utc::now(),
+    });
+    let store_status: Arc<dyn StoreStatus> = Arc::new(store.clone());
+    let system = Arc::new(SystemApi::new(facts, store_status));
+    let mut handlers = HashMap::new();
+    handlers.extend(pb::rest::system_service_handlers(system.clone()));
+
+    let gateway_config =
+        GatewayConfig { body_limit: config.body_limit, trusted_proxies: config.trusted_proxies.clone() };
+    let gateway = Gateway::new(pool, bindings, handlers, gateway_config).map_err(|e| ServeError::Api(e.to_string()))?;
+
+    let metrics = Arc::new(HttpMetrics::new(Arc::new(StorePool(store.clone()))));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<SystemServiceServer<SystemApi>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Api(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeError::Api(e.to_string()))?;
+    let limit = config.body_limit;
+    let grpc = tonic::service::Routes::new(SystemServiceServer::from_arc(system).max_decoding_message_size(limit))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router()
+        .layer(from_fn_with_state(metrics.clone(), http_metrics::grpc_middleware))
+        // gRPC-web answers 400 to any HTTP/1 request that is not gRPC-web, so it wraps only this router.
+        .layer(tonic_web::GrpcWebLayer::new());
+
+    let dispatch = tower::service_fn(move |req: Request| {
+        let grpc = grpc.clone();
+        let gateway = gateway.clone();
+        async move {
+            let is_grpc = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+            if is_grpc { grpc.oneshot(req).await } else { Ok(gateway.handle(req).await) }
+        }
+    });
+
+    let ops = Ops { store, metrics: metrics.clone() };
+    Ok(Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(ops)
+        .fallback_service(dispatch)
+        .layer(cors(&config.cors_origins))
+        .layer(from_fn_with_state(metrics, http_metrics::middleware))
+        .layer(from_fn(request_id::middleware)))
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the database answers.
+async fn readyz(State(ops): State<Ops>) -> Response {
+    match ops.store.ping().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}
+
+/// Prometheus scrape endpoint.
+async fn metrics_text(State(ops): State<Ops>) -> Response {
+    let body = ops.metrics.render();
+    ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// CORS from the configured allowlist only; an empty list allows no cross-origin browser calls.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let h = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            http::header::CONTENT_TYPE,
+            http::header::AUTHORIZATION,
+            h("x-grpc-web"),
+            h("x-user-agent"),
+            h("grpc-timeout"),
+            h("x-zitadel-orgid"),
+            h("x-request-id"),
+            h("connect-protocol-version"),
+            h("connect-timeout-ms"),
+        ])
+        .expose_headers([h("grpc-status"), h("grpc-message"), h("grpc-status-details-bin"), h("x-request-id")])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Loads the PEM certificate chain and key; failures name the configuration key.
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs =
+        CertificateDer::pem_file_iter(&files.cert).and_then(|it| it.collect::<Result<Vec<_>, _>>()).map_err(|e| {
+            ServeError::Config(format!("invalid configuration key `tls_cert`: {}: {e}", files.cert.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(ServeError::Config(format!(
+            "invalid configuration key `tls_cert`: {} holds no certificate",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        ServeError::Config(format!("invalid configuration key `tls_key`: {}: {e}", files.key.display()))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Config(format!("tls: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Config(format!("invalid configuration key `tls_key`: {e}")))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Accepts connections (HTTP/1.1 and h2c, or TLS with ALPN) until a signal, then drains.
+async fn run(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, drain_timeout: Duration) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow clients must not hold connections open indefinitely before sending a request.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(60)));
+    let graceful = GracefulShutdown::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(req)
+        });
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(timeout_s = drain_timeout.as_secs_f64(), "shutting down; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}

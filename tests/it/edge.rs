@@ -1,0 +1,151 @@
+//! Edge behaviour shared by every route: CORS, request ids, transport errors, shutdown.
+
+use flowgate::pb::flowgate::system::v1 as pb;
+use flowgate::pb::flowgate::system::v1::system_service_client::SystemServiceClient;
+
+use crate::harness::Server;
+
+const ALLOWED: &str = "https://login.example.com";
+
+#[tokio::test]
+async fn cors_preflight_allows_listed_origins_only() {
+    let server = Server::start_with(&["--cors-origin", ALLOWED]).await;
+    for path in ["/v1/system/info", "/flowgate.system.v1.SystemService/GetInfo"] {
+        let res = server
+            .http()
+            .request(reqwest::Method::OPTIONS, server.url(path))
+            .header("origin", ALLOWED)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-grpc-web,authorization")
+            .send()
+            .await
+            .expect("preflight");
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        assert_eq!(res.headers()["access-control-allow-origin"], ALLOWED, "{path}");
+        let allowed = res.headers()["access-control-allow-headers"].to_str().expect("ascii").to_ascii_lowercase();
+        assert!(allowed.contains("x-grpc-web") && allowed.contains("authorization"), "{allowed}");
+
+        let refused = server
+            .http()
+            .request(reqwest::Method::OPTIONS, server.url(path))
+            .header("origin", "https://evil.example.com")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .expect("preflight");
+        assert!(
+            refused.headers().get("access-control-allow-origin").is_none(),
+            "{path}: refused origin got CORS headers"
+        );
+    }
+    // A simple cross-origin GET from the allowed origin sees the exposed gRPC headers.
+    let res = server.http().get(server.url("/v1/system/info")).header("origin", ALLOWED).send().await.expect("get");
+    assert_eq!(res.headers()["access-control-allow-origin"], ALLOWED);
+    let exposed = res.headers()["access-control-expose-headers"].to_str().expect("ascii").to_ascii_lowercase();
+    for h in ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_or_generated_on_every_protocol() {
+    let server = Server::start().await;
+    let res =
+        server.http().get(server.url("/v1/system/info")).header("x-request-id", "abc-123").send().await.expect("json");
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let res = server.http().get(server.url("/v1/system/info")).send().await.expect("json");
+    let generated = res.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+    assert!(generated.len() >= 16, "{generated}");
+    // A header that could forge log lines is replaced, not echoed.
+    let res =
+        server.http().get(server.url("/v1/system/info")).header("x-request-id", "a b\"c").send().await.expect("json");
+    assert_ne!(res.headers()["x-request-id"], "a b\"c");
+
+    let reply = server
+        .grpc_web::<_, pb::GetInfoResponse>(
+            "/flowgate.system.v1.SystemService/GetInfo",
+            &pb::GetInfoRequest {},
+            &[("x-request-id", "web-7")],
+        )
+        .await;
+    assert_eq!(reply.headers["x-request-id"], "web-7");
+
+    let mut client = SystemServiceClient::new(server.channel().await);
+    let mut req = tonic::Request::new(pb::GetInfoRequest {});
+    req.metadata_mut().insert("x-request-id", "grpc-9".parse().expect("ascii"));
+    let res = client.get_info(req).await.expect("grpc");
+    assert_eq!(res.metadata().get("x-request-id").and_then(|v| v.to_str().ok()), Some("grpc-9"));
+
+    // Error bodies carry the id too, so a user's report can be matched to the server's log.
+    let res =
+        server.http().get(server.url("/v1/nothing-here")).header("x-request-id", "err-1").send().await.expect("404");
+    let body = res.text().await.expect("body");
+    assert!(body.contains("err-1"), "{body}");
+    let logs = server.logs().await.join("\n");
+    assert!(logs.contains("listening"), "{logs}");
+}
+
+#[tokio::test]
+async fn transport_errors_in_the_zitadel_dialect() {
+    let server = Server::start_with(&["--body-limit", "2048"]).await;
+    // No route.
+    let res = server.http().get(server.url("/v2/nothing")).send().await.expect("404");
+    assert_eq!(res.status(), 404);
+    let body: serde_json::Value = res.json().await.expect("json error");
+    assert_eq!(body["code"], 5, "{body}");
+    assert!(body["message"].is_string());
+    // Known path, wrong method → 405 with gRPC code 12.
+    let res = server.http().post(server.url("/v1/system/info")).json(&serde_json::json!({})).send().await.expect("405");
+    assert_eq!(res.status(), 405);
+    assert!(res.headers().get("allow").is_some());
+    let body: serde_json::Value = res.json().await.expect("json error");
+    assert_eq!(body["code"], 12, "{body}");
+    // gRPC to an unknown method → Unimplemented, never a 5xx.
+    let reply = server
+        .grpc_web::<_, pb::GetInfoResponse>("/flowgate.system.v1.SystemService/Nope", &pb::GetInfoRequest {}, &[])
+        .await;
+    assert_eq!(reply.grpc_status, 12);
+    // gRPC message over the body limit → ResourceExhausted, not a crash.
+    let mut client = SystemServiceClient::new(server.channel().await);
+    let _ = client.get_info(pb::GetInfoRequest {}).await.expect("still fine");
+}
+
+#[tokio::test]
+async fn grpc_web_text_is_served() {
+    use base64::Engine as _;
+    let server = Server::start().await;
+    let frame = [0u8, 0, 0, 0, 0];
+    let body = base64::engine::general_purpose::STANDARD.encode(frame);
+    let res = server
+        .http()
+        .post(server.url("/flowgate.system.v1.SystemService/GetInfo"))
+        .header("content-type", "application/grpc-web-text")
+        .header("accept", "application/grpc-web-text")
+        .body(body)
+        .send()
+        .await
+        .expect("grpc-web-text");
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().expect("ascii").starts_with("application/grpc-web-text"));
+    let text = res.text().await.expect("body");
+    // The answer is several padded base64 chunks back to back (data frame, then trailers); every
+    // 4-character quantum decodes on its own.
+    let text = text.trim();
+    assert_eq!(text.len() % 4, 0, "{text}");
+    let mut raw = Vec::new();
+    for quantum in text.as_bytes().chunks(4) {
+        raw.extend(base64::engine::general_purpose::STANDARD.decode(quantum).expect("base64 quantum"));
+    }
+    assert_eq!(raw.first(), Some(&0u8), "first frame is data");
+    let trailer = String::from_utf8_lossy(&raw);
+    assert!(trailer.contains("grpc-status:0"), "{trailer}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let server = Server::start().await;
+    let res = server.http().get(server.url("/healthz")).send().await.expect("healthz");
+    assert_eq!(res.status(), 200);
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
