@@ -149,3 +149,41 @@ async fn sigterm_drains_and_exits_cleanly() {
     let status = server.terminate().await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn tls_serves_http2_and_http1_by_alpn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start_with(&[
+        "--tls-cert",
+        cert.to_str().expect("utf-8 path"),
+        "--tls-key",
+        key.to_str().expect("utf-8 path"),
+    ])
+    .await;
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).expect("cert")).expect("pem");
+    let url = format!("https://{}/v1/system/info", server.addr);
+    for (client, version) in [
+        (reqwest::Client::builder().add_root_certificate(root.clone()).build().expect("client"), reqwest::Version::HTTP_2),
+        (reqwest::Client::builder().add_root_certificate(root).http1_only().build().expect("client"), reqwest::Version::HTTP_11),
+    ] {
+        let res = client.get(&url).send().await.expect("https");
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.version(), version);
+        let json: serde_json::Value = res.json().await.expect("json");
+        assert!(json["version"].is_string(), "{json}");
+    }
+    // Plain HTTP on the TLS port is refused rather than answered in the clear.
+    assert!(server.http().get(server.url("/v1/system/info")).send().await.is_err());
+}
