@@ -175,8 +175,14 @@ async fn tls_serves_http2_and_http1_by_alpn() {
     let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).expect("cert")).expect("pem");
     let url = format!("https://{}/v1/system/info", server.addr);
     for (client, version) in [
-        (reqwest::Client::builder().add_root_certificate(root.clone()).build().expect("client"), reqwest::Version::HTTP_2),
-        (reqwest::Client::builder().add_root_certificate(root).http1_only().build().expect("client"), reqwest::Version::HTTP_11),
+        (
+            reqwest::Client::builder().add_root_certificate(root.clone()).build().expect("client"),
+            reqwest::Version::HTTP_2,
+        ),
+        (
+            reqwest::Client::builder().add_root_certificate(root).http1_only().build().expect("client"),
+            reqwest::Version::HTTP_11,
+        ),
     ] {
         let res = client.get(&url).send().await.expect("https");
         assert_eq!(res.status(), 200);
