@@ -18,9 +18,13 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tonic::Code;
 
+/// Include paths: the test protos, and the repository's `proto/` for the published google/api and
+/// google/rpc schemas (the gateway reads those generically; nothing flowgate-specific is imported).
+const PROTO_DIRS: [&str; 2] =
+    [concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proto"), concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto")];
+
 fn pool() -> DescriptorPool {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proto");
-    let mut compiler = protox::Compiler::new([dir]).unwrap();
+    let mut compiler = protox::Compiler::new(PROTO_DIRS).unwrap();
     compiler.include_imports(true);
     compiler.open_files(["gwtest/v1/test.proto", "google/rpc/status.proto", "google/rpc/error_details.proto"]).unwrap();
     DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice()).unwrap()
@@ -1197,8 +1201,7 @@ async fn render_error_is_usable_directly() {
 
 #[tokio::test]
 async fn pools_without_google_rpc_still_render_errors() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proto");
-    let mut compiler = protox::Compiler::new([dir]).unwrap();
+    let mut compiler = protox::Compiler::new(PROTO_DIRS).unwrap();
     compiler.include_imports(true);
     compiler.open_files(["gwtest/v1/test.proto"]).unwrap();
     let pool = DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice()).unwrap();
