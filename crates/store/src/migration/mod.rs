@@ -6,6 +6,7 @@
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261124_000001_event_log;
+mod m20261124_000002_identity;
 
 /// The ordered list of flowgate's migrations.
 #[derive(Debug, Clone, Copy, Default)]
@@ -14,6 +15,6 @@ pub struct Migrator;
 impl MigratorTrait for Migrator {
     /// Every migration, oldest first.
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_event_log::Migration)]
+        vec![Box::new(m20261124_000001_event_log::Migration), Box::new(m20261124_000002_identity::Migration)]
     }
 }
