@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod event;
+pub mod identity;
 pub mod system;
 
 pub use error::{Error, ErrorKind, FieldViolation, Result};
