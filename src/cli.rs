@@ -27,6 +27,57 @@ enum Command {
     Migrate(Flags),
     /// Validate the configuration and exit (code 64 when invalid).
     CheckConfig(Flags),
+    /// Operator tasks on an existing instance.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Print a new personal access token for an existing machine user (e.g. after losing admin.pat).
+    CreateToken {
+        /// The machine user, by id or username.
+        #[arg(long, value_name = "ID|USERNAME")]
+        user: String,
+        /// Lifetime of the token, e.g. 30d, 12h or 90m; without it the token does not expire.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        #[command(flatten)]
+        flags: Flags,
+    },
+}
+
+/// What to do once the configuration is valid.
+#[derive(Debug)]
+pub enum Action {
+    /// Serve until a signal.
+    Serve,
+    /// Apply migrations.
+    Migrate,
+    /// Only validate the configuration.
+    CheckConfig,
+    /// Create a token for a machine user.
+    CreateToken {
+        /// Id or username.
+        user: String,
+        /// Optional lifetime.
+        expires_in: Option<std::time::Duration>,
+    },
+}
+
+/// `30d`, `12h`, `90m`, `45s`.
+fn parse_lifetime(v: &str) -> Option<std::time::Duration> {
+    let v = v.trim();
+    let (number, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400)?,
+        "h" => n.checked_mul(3_600)?,
+        "m" => n.checked_mul(60)?,
+        "s" => n,
+        _ => return None,
+    };
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
 }
 
 /// Flags shared by every subcommand; each overrides the same key from the file and environment.
@@ -71,6 +122,24 @@ struct Flags {
     /// Time in-flight requests get to finish on shutdown, e.g. 30s [default: 30s].
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<String>,
+    /// Domain organization domains are derived under [default: localhost].
+    #[arg(long, value_name = "DOMAIN")]
+    external_domain: Option<String>,
+    /// argon2id memory per hash in KiB [default: 19456].
+    #[arg(long, value_name = "KIB")]
+    password_hash_memory_kib: Option<u64>,
+    /// argon2id passes [default: 2].
+    #[arg(long, value_name = "N")]
+    password_hash_iterations: Option<u64>,
+    /// argon2id lanes [default: 1].
+    #[arg(long, value_name = "N")]
+    password_hash_parallelism: Option<u64>,
+    /// Password hashes computed at once; 0 = one per core [default: 0].
+    #[arg(long, value_name = "N")]
+    password_hash_workers: Option<u64>,
+    /// Password hashes allowed to wait; 0 = four per worker [default: 0].
+    #[arg(long, value_name = "N")]
+    password_hash_queue: Option<u64>,
 }
 
 impl Flags {
@@ -90,6 +159,12 @@ impl Flags {
             body_limit,
             trusted_proxies,
             drain_timeout,
+            external_domain,
+            password_hash_memory_kib,
+            password_hash_iterations,
+            password_hash_parallelism,
+            password_hash_workers,
+            password_hash_queue,
         } = self;
         let raw = RawConfig {
             listen,
@@ -104,6 +179,12 @@ impl Flags {
             body_limit,
             trusted_proxies: list(trusted_proxies),
             drain_timeout,
+            external_domain,
+            password_hash_memory_kib,
+            password_hash_iterations,
+            password_hash_parallelism,
+            password_hash_workers,
+            password_hash_queue,
         };
         (config, raw)
     }
@@ -128,10 +209,21 @@ fn load(flags: Flags) -> Result<Config, ConfigError> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (flags, command) = match cli.command {
-        Command::Serve(f) => (f, "serve"),
-        Command::Migrate(f) => (f, "migrate"),
-        Command::CheckConfig(f) => (f, "check-config"),
+    let (flags, action) = match cli.command {
+        Command::Serve(f) => (f, Action::Serve),
+        Command::Migrate(f) => (f, Action::Migrate),
+        Command::CheckConfig(f) => (f, Action::CheckConfig),
+        Command::Admin(AdminCommand::CreateToken { user, expires_in, flags }) => {
+            let expires_in = match expires_in.as_deref().map(|v| parse_lifetime(v).ok_or(v)) {
+                None => None,
+                Some(Ok(d)) => Some(d),
+                Some(Err(v)) => {
+                    eprintln!("flowgate: invalid --expires-in {v:?}: expected a positive duration like 30d, 12h or 90m");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            (flags, Action::CreateToken { user, expires_in })
+        }
     };
     let config = match load(flags) {
         Ok(config) => config,
@@ -140,7 +232,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if command == "check-config" {
+    if matches!(action, Action::CheckConfig) {
         println!("configuration is valid (listen {}, data dir {})", config.listen, config.data_dir.display());
         return ExitCode::SUCCESS;
     }
@@ -153,9 +245,10 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match command {
-            "migrate" => crate::server::migrate(&config).await,
-            _ => crate::server::serve(config).await,
+        match action {
+            Action::Migrate => crate::server::migrate(&config).await,
+            Action::CreateToken { user, expires_in } => crate::server::create_token(&config, &user, expires_in).await,
+            Action::Serve | Action::CheckConfig => crate::server::serve(config).await,
         }
     });
     match result {
@@ -169,5 +262,20 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_lifetime;
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(parse_lifetime("30d").map(|d| d.as_secs()), Some(30 * 86_400));
+        assert_eq!(parse_lifetime("12h").map(|d| d.as_secs()), Some(12 * 3_600));
+        assert_eq!(parse_lifetime("0d"), None);
+        assert_eq!(parse_lifetime("d"), None);
+        assert_eq!(parse_lifetime("3w"), None);
+        assert_eq!(parse_lifetime("99999999999999999999d"), None);
     }
 }

@@ -54,6 +54,25 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
+    /// Domain under which organization domains are derived (`<org-slug>.<external_domain>`).
+    pub external_domain: String,
+    /// Password hashing cost and pool size.
+    pub password_hashing: PasswordHashing,
+}
+
+/// argon2id cost and the bounded hashing pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordHashing {
+    /// Memory per hash in KiB (OWASP: 19456).
+    pub memory_kib: u32,
+    /// Passes over memory (OWASP: 2).
+    pub iterations: u32,
+    /// Lanes (OWASP: 1).
+    pub parallelism: u32,
+    /// Hashes computed at once; 0 means one per CPU core.
+    pub workers: usize,
+    /// Hashes allowed to wait for a worker; 0 means four per worker. Beyond it, calls fail at once.
+    pub queue: usize,
 }
 
 /// Where a configuration value came from.
@@ -120,6 +139,18 @@ pub struct RawConfig {
     pub trusted_proxies: Option<Vec<String>>,
     /// Seconds, or a number with `s`/`ms`/`m` suffix.
     pub drain_timeout: Option<String>,
+    /// See [`Config::external_domain`].
+    pub external_domain: Option<String>,
+    /// See [`PasswordHashing::memory_kib`].
+    pub password_hash_memory_kib: Option<u64>,
+    /// See [`PasswordHashing::iterations`].
+    pub password_hash_iterations: Option<u64>,
+    /// See [`PasswordHashing::parallelism`].
+    pub password_hash_parallelism: Option<u64>,
+    /// See [`PasswordHashing::workers`].
+    pub password_hash_workers: Option<u64>,
+    /// See [`PasswordHashing::queue`].
+    pub password_hash_queue: Option<u64>,
 }
 
 /// Reads a TOML file into raw values; unknown keys and wrong types are errors naming the key.
@@ -183,6 +214,12 @@ pub fn read_env(env: &HashMap<String, String>) -> Result<RawConfig, ConfigError>
         body_limit: number("body_limit", "FLOWGATE_BODY_LIMIT")?,
         trusted_proxies: list("FLOWGATE_TRUSTED_PROXIES"),
         drain_timeout: get("FLOWGATE_DRAIN_TIMEOUT"),
+        external_domain: get("FLOWGATE_EXTERNAL_DOMAIN"),
+        password_hash_memory_kib: number("password_hash_memory_kib", "FLOWGATE_PASSWORD_HASH_MEMORY_KIB")?,
+        password_hash_iterations: number("password_hash_iterations", "FLOWGATE_PASSWORD_HASH_ITERATIONS")?,
+        password_hash_parallelism: number("password_hash_parallelism", "FLOWGATE_PASSWORD_HASH_PARALLELISM")?,
+        password_hash_workers: number("password_hash_workers", "FLOWGATE_PASSWORD_HASH_WORKERS")?,
+        password_hash_queue: number("password_hash_queue", "FLOWGATE_PASSWORD_HASH_QUEUE")?,
     })
 }
 
@@ -318,6 +355,38 @@ impl Layers {
                 .ok_or_else(|| bad("drain_timeout", src, format!("{v:?} is not a duration like 30s, 500ms or 2m")))?,
             None => Duration::from_secs(30),
         };
+        let external_domain = match self.pick("external_domain", |r| r.external_domain.clone()) {
+            Some((v, src)) => {
+                let v = v.trim().trim_end_matches('.').to_ascii_lowercase();
+                let ok = !v.is_empty()
+                    && v.len() <= 200
+                    && v.split('.').all(|label| {
+                        !label.is_empty()
+                            && !label.starts_with('-')
+                            && !label.ends_with('-')
+                            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !ok {
+                    return Err(bad("external_domain", src, format!("{v:?} is not a DNS name like login.example.com")));
+                }
+                v
+            }
+            None => "localhost".to_owned(),
+        };
+        let ranged = |key: &str, get: fn(&RawConfig) -> Option<u64>, range: std::ops::RangeInclusive<u64>, default: u64| {
+            match self.pick(key, get) {
+                Some((n, src)) if !range.contains(&n) => Err(bad(key, src, format!("{n} is outside {}..={}", range.start(), range.end()))),
+                Some((n, _)) => Ok(n),
+                None => Ok(default),
+            }
+        };
+        let password_hashing = PasswordHashing {
+            memory_kib: u32::try_from(ranged("password_hash_memory_kib", |r| r.password_hash_memory_kib, 1024..=4_194_304, 19_456)?).unwrap_or(19_456),
+            iterations: u32::try_from(ranged("password_hash_iterations", |r| r.password_hash_iterations, 1..=100, 2)?).unwrap_or(2),
+            parallelism: u32::try_from(ranged("password_hash_parallelism", |r| r.password_hash_parallelism, 1..=64, 1)?).unwrap_or(1),
+            workers: usize::try_from(ranged("password_hash_workers", |r| r.password_hash_workers, 0..=1024, 0)?).unwrap_or(0),
+            queue: usize::try_from(ranged("password_hash_queue", |r| r.password_hash_queue, 0..=100_000, 0)?).unwrap_or(0),
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -330,6 +399,8 @@ impl Layers {
             body_limit,
             trusted_proxies,
             drain_timeout,
+            external_domain,
+            password_hashing,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! one port.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
+use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
+use flowgate_core::identity::{Identity, IdentityConfig};
 use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
 use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
 use flowgate_store::{Store, StoreConfig};
@@ -26,7 +30,8 @@ use tower::ServiceExt as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::system::SystemApi;
-use crate::config::{Config, TlsFiles};
+use crate::auth::{self, Authorizer};
+use crate::config::{Config, PasswordHashing, TlsFiles};
 use crate::http_metrics::{self, HttpMetrics, PoolGauge};
 use crate::pb;
 use crate::pb::flowgate::system::v1::system_service_server::SystemServiceServer;
@@ -47,6 +52,73 @@ pub enum ServeError {
     /// The generated API tables are inconsistent (a build defect).
     #[error("api tables: {0}")]
     Api(String),
+    /// An operator command was refused (e.g. unknown user); the message says why.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The identity use cases over the store, configured from `config`.
+fn identity(config: &Config, store: &Store) -> Result<Identity, ServeError> {
+    let PasswordHashing { memory_kib, iterations, parallelism, workers, queue } = config.password_hashing;
+    let identity_config = IdentityConfig {
+        external_domain: config.external_domain.clone(),
+        password_policy: PasswordPolicy::default(),
+        hashing: HashingConfig { memory_kib, iterations, parallelism, workers, queue },
+    };
+    Identity::new(identity_config, flowgate_store::identity::repos(store), Arc::new(SystemClock), Arc::new(UuidV7Ids))
+        .map_err(|e| ServeError::Config(format!("password hashing: {e}")))
+}
+
+/// Creates the instance on first start and hands the admin token to the operator through a file only
+/// the owner can read; the token itself is never logged.
+async fn bootstrap(identity: &Identity, data_dir: &Path) -> Result<(), ServeError> {
+    let Some(token) = identity.bootstrap().await.map_err(|e| ServeError::Store(e.to_string()))? else {
+        return Ok(());
+    };
+    let path = data_dir.join("admin.pat");
+    write_secret_file(&path, &token).map_err(|e| {
+        ServeError::Refused(format!(
+            "instance created but {} could not be written ({e}); create a token with `flowgate admin create-token --user admin`",
+            path.display()
+        ))
+    })?;
+    tracing::info!(path = %path.display(), "instance created; the admin machine user's token is in this file (mode 0600)");
+    Ok(())
+}
+
+/// Writes `secret` to `path` readable by the owner only, replacing an older file.
+fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    // `mode` applies only to new files; an older file keeps its bits unless they are reset.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// `flowgate admin create-token`: prints a new token for an existing machine user.
+pub async fn create_token(config: &Config, user: &str, expires_in: Option<Duration>) -> Result<(), ServeError> {
+    let store = open_store(config).await?;
+    let identity = identity(config, &store)?;
+    let (id, token) = identity.create_token_for(user, expires_in).await.map_err(|e| ServeError::Refused(e.to_string()))?;
+    tracing::info!(token_id = %id, user, "personal access token created");
+    println!("{token}");
+    Ok(())
 }
 
 async fn open_store(config: &Config) -> Result<Store, ServeError> {
@@ -75,7 +147,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
     let schema_version = store.schema_version().await.map_err(|e| ServeError::Store(e.to_string()))?;
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-    let app = build_app(&config, store.clone()).await?;
+    let identity = identity(&config, &store)?;
+    bootstrap(&identity, &config.data_dir).await?;
+    let app = build_app(&config, store.clone(), identity).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(
@@ -130,7 +204,7 @@ struct Ops {
 }
 
 /// Builds the whole HTTP application (exposed for in-process use).
-pub async fn build_app(config: &Config, store: Store) -> Result<Router, ServeError> {
+pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Result<Router, ServeError> {
     let started = Instant::now();
     let pool =
         prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).map_err(|e| ServeError::Api(e.to_string()))?;
@@ -149,8 +223,12 @@ pub async fn build_app(config: &Config, store: Store) -> Result<Router, ServeErr
     });
     let store_status: Arc<dyn StoreStatus> = Arc::new(store.clone());
     let system = Arc::new(SystemApi::new(facts, store_status));
+    let authorizer = Authorizer::new(auth::requirement_table(&pool).map_err(ServeError::Api)?, identity.clone());
     let mut handlers = HashMap::new();
     handlers.extend(pb::rest::system_service_handlers(system.clone()));
+    // Every REST handler runs behind the same authorization as native gRPC.
+    let handlers: HashMap<String, flowgate_gateway::Handler> =
+        handlers.into_iter().map(|(path, h)| (path.clone(), authorizer.wrap(path, h))).collect();
 
     let gateway_config =
         GatewayConfig { body_limit: config.body_limit, trusted_proxies: config.trusted_proxies.clone() };

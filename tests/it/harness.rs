@@ -17,7 +17,7 @@ pub struct Server {
     /// Bound address.
     pub addr: SocketAddr,
     /// The data directory (SQLite file, generated files), removed when the server is dropped.
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
 }
@@ -77,7 +77,7 @@ impl Server {
             other => panic!("flowgate did not start: {other:?}"),
         };
         let http = reqwest::Client::builder().http1_only().build().expect("http client");
-        Server { child, addr, _data_dir: data_dir, logs, http }
+        Server { child, addr, data_dir: data_dir, logs, http }
     }
 
     /// `http://addr` + `path`.
@@ -93,6 +93,17 @@ impl Server {
     /// A tonic channel (HTTP/2, h2c).
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.url("")).expect("endpoint").connect().await.expect("connect grpc")
+    }
+
+    /// The admin machine user's token that the first start wrote to `<data-dir>/admin.pat`.
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir.path().join("admin.pat");
+        std::fs::read_to_string(&path).expect("admin.pat").trim().to_owned()
+    }
+
+    /// Path of a file in the data directory.
+    pub fn data_file(&self, name: &str) -> std::path::PathBuf {
+        self.data_dir.path().join(name)
     }
 
     /// Every log line so far.
