@@ -1,11 +1,22 @@
 //! Identity: organizations, users, personal access tokens, members and their use cases.
 
+pub mod authz;
 pub mod model;
+pub mod password;
 pub mod ports;
+mod service;
+pub mod token;
+pub mod validate;
 
+pub use authz::{CallContext, Permission, Principal, role_permissions};
 pub use model::*;
+pub use password::{HashPool, HashingConfig, PasswordHasher, PasswordPolicy};
 pub use ports::{
     BootstrapRecord, Clock, HumanChange, IdGenerator, InstanceRepo, MemberRepo, NewOrgRecord, NewTokenRecord,
     NewUserKind, NewUserRecord, NoopLifecycleHook, OrgRepo, OrgStateChange, Repos, SystemClock, TokenOwner, TokenRepo,
     UserLifecycleHook, UserRepo, UserStateChange, UuidV7Ids,
+};
+pub use service::{
+    ADMIN_USERNAME, AUTH_ORG_DENIED, AUTH_TOKEN_INVALID, DEFAULT_ORG_NAME, HumanUpdate, Identity, IdentityConfig,
+    NewHuman, NewMachine, NewPassword, PasswordVerification,
 };

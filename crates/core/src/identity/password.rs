@@ -1,0 +1,374 @@
+//! Password hashing: argon2id with configured parameters, legacy verification (argon2i/d, bcrypt), and a
+//! bounded pool so that a flood of password checks is refused at once instead of queueing for seconds.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::TryRngCore;
+use rand::rngs::OsRng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use crate::{Error, ErrorKind, Result};
+
+/// Error id: ResourceExhausted, every worker and queue slot is taken.
+pub const PASSWORD_BUSY: &str = "PASSWORD-busy";
+
+/// Upper bounds for the parameters of *imported* argon2 hashes, so one stored hash cannot make a single
+/// verify take gigabytes or minutes.
+const MAX_IMPORTED_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_IMPORTED_ITERATIONS: u32 = 64;
+const MAX_IMPORTED_PARALLELISM: u32 = 16;
+/// Upper bound of an imported bcrypt cost (cost 16 ≈ 4 s per verify on one core here).
+const MAX_IMPORTED_BCRYPT_COST: u32 = 15;
+/// Password hashed by the dummy verify of unknown users.
+const DUMMY_PASSWORD: &[u8] = b"flowgate dummy password, never matches";
+
+/// Rules a new password must satisfy (lengths in bytes of UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordPolicy {
+    /// Shortest accepted password in bytes (default 8).
+    pub min_length: usize,
+    /// Longest accepted password in bytes (default 1024); longer ones are refused before hashing.
+    pub max_length: usize,
+    /// Requires an ASCII lower-case letter.
+    pub require_lowercase: bool,
+    /// Requires an ASCII upper-case letter.
+    pub require_uppercase: bool,
+    /// Requires an ASCII digit.
+    pub require_digit: bool,
+    /// Requires a character that is neither a letter nor a digit.
+    pub require_symbol: bool,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 8,
+            max_length: 1024,
+            require_lowercase: false,
+            require_uppercase: false,
+            require_digit: false,
+            require_symbol: false,
+        }
+    }
+}
+
+impl PasswordPolicy {
+    /// Checks `password` against the policy; the first broken rule as a description.
+    pub fn check(&self, password: &str) -> std::result::Result<(), String> {
+        let len = password.len();
+        if len > self.max_length {
+            return Err(format!("must be at most {} bytes", self.max_length));
+        }
+        if len < self.min_length {
+            return Err(format!("must be at least {} bytes", self.min_length));
+        }
+        if self.require_lowercase && !password.chars().any(char::is_lowercase) {
+            return Err("must contain a lower-case letter".to_owned());
+        }
+        if self.require_uppercase && !password.chars().any(char::is_uppercase) {
+            return Err("must contain an upper-case letter".to_owned());
+        }
+        if self.require_digit && !password.chars().any(|c| c.is_ascii_digit()) {
+            return Err("must contain a digit".to_owned());
+        }
+        if self.require_symbol && !password.chars().any(|c| !c.is_alphanumeric()) {
+            return Err("must contain a symbol".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// argon2id parameters and the size of the hashing pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashingConfig {
+    /// Memory per hash in KiB (default 19456, OWASP).
+    pub memory_kib: u32,
+    /// Passes (default 2).
+    pub iterations: u32,
+    /// Lanes (default 1).
+    pub parallelism: u32,
+    /// Hashes running at once; 0 ⇒ the number of available cores.
+    pub workers: usize,
+    /// Hashes waiting for a worker; 0 ⇒ 4 × workers.
+    pub queue: usize,
+}
+
+impl Default for HashingConfig {
+    fn default() -> Self {
+        Self { memory_kib: 19456, iterations: 2, parallelism: 1, workers: 0, queue: 0 }
+    }
+}
+
+impl HashingConfig {
+    /// The effective number of workers (0 resolved to the available cores).
+    pub fn effective_workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        }
+    }
+
+    /// The effective queue length (0 resolved to 4 × workers).
+    pub fn effective_queue(&self) -> usize {
+        match self.queue {
+            0 => 4 * self.effective_workers(),
+            n => n,
+        }
+    }
+}
+
+/// A bounded pool for CPU-heavy jobs: at most `workers` run (each on `spawn_blocking`), at most `queue`
+/// wait; anything beyond is refused with ResourceExhausted [`PASSWORD_BUSY`] without waiting.
+#[derive(Debug, Clone)]
+pub struct HashPool {
+    running: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+    workers: usize,
+    queue: usize,
+}
+
+impl HashPool {
+    /// A pool with exactly `workers` (at least 1) running and `queue` waiting slots (0 = no waiting).
+    pub fn new(workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        Self { running: Arc::new(Semaphore::new(workers)), waiting: Arc::new(Semaphore::new(queue)), workers, queue }
+    }
+
+    /// Runs `job` on a blocking thread once a worker is free; refuses at once when the queue is full.
+    ///
+    /// Admission is decided synchronously, before the returned future is first polled, so overload is
+    /// answered immediately and in call order.
+    pub fn run<T, F>(&self, job: F) -> impl Future<Output = Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let admission = self.admit();
+        let running = Arc::clone(&self.running);
+        async move {
+            let permit = match admission? {
+                Admission::Running(permit) => permit,
+                Admission::Waiting(slot) => {
+                    let permit = running.acquire_owned().await.map_err(|e| Error::internal("PASSWORD-pool", e))?;
+                    // The queue slot is free again as soon as the job holds a worker.
+                    drop(slot);
+                    permit
+                }
+            };
+            let result = tokio::task::spawn_blocking(move || {
+                let value = job();
+                drop(permit);
+                value
+            })
+            .await;
+            result.map_err(|e| Error::internal("PASSWORD-worker", e))
+        }
+    }
+
+    /// (jobs running, jobs waiting) right now, for metrics and tests.
+    pub fn load(&self) -> (usize, usize) {
+        (self.workers - self.running.available_permits(), self.queue - self.waiting.available_permits())
+    }
+
+    fn admit(&self) -> Result<Admission> {
+        match Arc::clone(&self.running).try_acquire_owned() {
+            Ok(permit) => return Ok(Admission::Running(permit)),
+            Err(TryAcquireError::NoPermits) => {}
+            Err(e @ TryAcquireError::Closed) => return Err(Error::internal("PASSWORD-pool", e)),
+        }
+        match Arc::clone(&self.waiting).try_acquire_owned() {
+            Ok(slot) => Ok(Admission::Waiting(slot)),
+            Err(TryAcquireError::NoPermits) => Err(busy()),
+            Err(e @ TryAcquireError::Closed) => Err(Error::internal("PASSWORD-pool", e)),
+        }
+    }
+}
+
+enum Admission {
+    Running(OwnedSemaphorePermit),
+    Waiting(OwnedSemaphorePermit),
+}
+
+fn busy() -> Error {
+    Error::new(ErrorKind::ResourceExhausted, PASSWORD_BUSY, "too many password checks at once; retry later")
+}
+
+/// Which scheme a stored hash uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashScheme {
+    /// argon2id PHC string.
+    Argon2id,
+    /// argon2i PHC string (legacy).
+    Argon2i,
+    /// argon2d PHC string (legacy; never accepted on import).
+    Argon2d,
+    /// bcrypt `$2a$`/`$2b$`/`$2y$` (legacy).
+    Bcrypt,
+}
+
+/// The scheme of `hash` when it is a well-formed hash this server can verify within its cost limits.
+pub fn hash_scheme(hash: &str) -> Option<HashScheme> {
+    if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
+        // `$2a$NN$` + 53 characters of salt and hash.
+        let cost = hash.get(4..6)?.parse::<u32>().ok()?;
+        let ok =
+            hash.len() == 60 && hash.as_bytes().get(6) == Some(&b'$') && (4..=MAX_IMPORTED_BCRYPT_COST).contains(&cost);
+        return ok.then_some(HashScheme::Bcrypt);
+    }
+    let parsed = PasswordHash::new(hash).ok()?;
+    let scheme = match parsed.algorithm.as_str() {
+        "argon2id" => HashScheme::Argon2id,
+        "argon2i" => HashScheme::Argon2i,
+        "argon2d" => HashScheme::Argon2d,
+        _ => return None,
+    };
+    let params = Params::try_from(&parsed).ok()?;
+    let sane = params.m_cost() <= MAX_IMPORTED_MEMORY_KIB
+        && params.t_cost() <= MAX_IMPORTED_ITERATIONS
+        && params.p_cost() <= MAX_IMPORTED_PARALLELISM
+        && parsed.salt.is_some()
+        && parsed.hash.is_some();
+    sane.then_some(scheme)
+}
+
+/// Whether `hash` may be imported (argon2id/argon2i PHC or bcrypt, within the cost limits).
+pub fn is_importable_hash(hash: &str) -> bool {
+    match hash_scheme(hash) {
+        Some(HashScheme::Argon2id | HashScheme::Argon2i | HashScheme::Bcrypt) => true,
+        Some(HashScheme::Argon2d) | None => false,
+    }
+}
+
+/// Hashes and verifies passwords on a bounded pool.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    pool: HashPool,
+    /// A real hash with the current parameters, verified for unknown users so they cost the same.
+    dummy_hash: Arc<str>,
+}
+
+impl std::fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordHasher").field("params", &self.params).field("pool", &self.pool).finish()
+    }
+}
+
+impl PasswordHasher {
+    /// A hasher with `config`'s argon2id parameters and pool size; invalid parameters ⇒ InvalidArgument
+    /// naming the configuration key. Computes the dummy hash once (one hash's cost).
+    pub fn new(config: &HashingConfig) -> Result<Self> {
+        let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
+            .map_err(|e| Error::invalid_field("PASSWORD-config", "hashing", e.to_string()))?;
+        let pool = HashPool::new(config.effective_workers(), config.effective_queue());
+        let dummy_hash = hash_with(&params, DUMMY_PASSWORD)?;
+        Ok(Self { params, pool, dummy_hash: dummy_hash.into() })
+    }
+
+    /// The pool the hashes run on.
+    pub fn pool(&self) -> &HashPool {
+        &self.pool
+    }
+
+    /// A new argon2id PHC string for `password` (all bytes, never truncated), computed on the pool.
+    pub async fn hash(&self, password: &str) -> Result<String> {
+        let params = self.params.clone();
+        let password = password.as_bytes().to_vec();
+        self.pool.run(move || hash_with(&params, &password)).await?
+    }
+
+    /// Whether `password` matches `hash` (argon2 PHC or bcrypt), computed on the pool. An unusable hash
+    /// answers `false` (and is logged), never an error the caller could tell apart.
+    pub async fn verify(&self, password: &str, hash: &str) -> Result<bool> {
+        let password = password.as_bytes().to_vec();
+        let hash = hash.to_owned();
+        self.pool.run(move || verify_with(&password, &hash)).await
+    }
+
+    /// The same work as [`PasswordHasher::verify`] against a fixed hash; always `false`.
+    pub async fn dummy_verify(&self, password: &str) -> Result<bool> {
+        let password = password.as_bytes().to_vec();
+        let hash = Arc::clone(&self.dummy_hash);
+        self.pool
+            .run(move || {
+                // black_box: the work must really happen, that is the point of the dummy.
+                let _ = std::hint::black_box(verify_with(&password, &hash));
+                false
+            })
+            .await
+    }
+
+    /// Whether `hash` should be replaced after a successful verify: it is not argon2id with the current
+    /// parameters (other algorithm, version, memory, passes, lanes or output length).
+    pub fn needs_rehash(&self, hash: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(hash) else {
+            return true;
+        };
+        if parsed.algorithm.as_str() != Algorithm::Argon2id.as_str() || parsed.version != Some(Version::V0x13.into()) {
+            return true;
+        }
+        let Ok(stored) = Params::try_from(&parsed) else {
+            return true;
+        };
+        stored.m_cost() != self.params.m_cost()
+            || stored.t_cost() != self.params.t_cost()
+            || stored.p_cost() != self.params.p_cost()
+            || stored.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)
+                != self.params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)
+    }
+}
+
+fn hash_with(params: &Params, password: &[u8]) -> Result<String> {
+    let mut salt = [0u8; 16];
+    OsRng.try_fill_bytes(&mut salt).map_err(|e| Error::internal("PASSWORD-rng", e))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal("PASSWORD-salt", e))?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let hash = argon.hash_password(password, &salt).map_err(|e| Error::internal("PASSWORD-hash", e))?;
+    Ok(hash.to_string())
+}
+
+fn verify_with(password: &[u8], hash: &str) -> bool {
+    match hash_scheme(hash) {
+        Some(HashScheme::Bcrypt) => {
+            // Non-truncating: bcrypt ignores bytes after the 72nd, so a longer password never matches.
+            bcrypt::non_truncating_verify(password, hash).unwrap_or(false)
+        }
+        Some(HashScheme::Argon2id | HashScheme::Argon2i | HashScheme::Argon2d) => match PasswordHash::new(hash) {
+            // The verifier takes algorithm, version and parameters from the stored hash.
+            Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+            Err(_) => false,
+        },
+        // A stored hash the server cannot verify is a data problem; it must not become an oracle, so it
+        // simply never matches.
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_counts_bytes() {
+        let p = PasswordPolicy::default();
+        assert!(p.check("1234567").is_err());
+        assert!(p.check("12345678").is_ok());
+        // 4 characters but 8 bytes.
+        assert!(p.check("ääää").is_ok());
+        assert!(p.check(&"a".repeat(1024)).is_ok());
+        assert!(p.check(&"a".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn schemes() {
+        let b = bcrypt::hash("pw", 4).unwrap();
+        assert_eq!(hash_scheme(&b[..59]), None, "too short");
+        assert_eq!(hash_scheme(&b), Some(HashScheme::Bcrypt));
+        assert!(is_importable_hash(&b));
+        assert!(!is_importable_hash("$1$abc$def"));
+        assert!(!is_importable_hash("plain"));
+        assert!(!is_importable_hash(&bcrypt::hash("pw", 4).unwrap().replacen("$04$", "$31$", 1)));
+    }
+}

@@ -1,0 +1,827 @@
+//! The identity use cases: authentication, bootstrap, organizations, users, tokens and members.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::authz::{CallContext, Permission, Principal};
+use super::model::{
+    Email, Machine, Member, MemberScope, OrgFilter, OrgId, OrgState, Organization, Page, PersonalAccessToken, Phone,
+    Profile, Role, TokenId, User, UserFilter, UserId, UserSort, UserState, org_primary_domain,
+};
+use super::password::{HashingConfig, PasswordHasher, PasswordPolicy, is_importable_hash};
+use super::ports::{
+    BootstrapRecord, Clock, HumanChange, IdGenerator, ListQuery, NewOrgRecord, NewTokenRecord, NewUserKind,
+    NewUserRecord, NoopLifecycleHook, ORG_NOT_FOUND, OrgStateChange, Repos, SYSTEM_ACTOR, USER_NOT_FOUND,
+    UserLifecycleHook, UserStateChange,
+};
+use super::token::{bearer_token, generate_pat, is_well_formed_pat, token_hash};
+use super::validate::{self, MAX_DESCRIPTION, MAX_TEXT, Violations};
+use crate::event::Details;
+use crate::{Error, ErrorKind, Result};
+
+/// Error id: Unauthenticated, the bearer token is missing, malformed, unknown, expired or its owner disabled.
+pub const AUTH_TOKEN_INVALID: &str = "AUTH-token-invalid";
+/// Error id: PermissionDenied, the org named by the request header is unknown or not the caller's to act on.
+pub const AUTH_ORG_DENIED: &str = "AUTH-org-denied";
+/// Name of the organization the first start creates.
+pub const DEFAULT_ORG_NAME: &str = "flowgate";
+/// Username of the admin machine user the first start creates.
+pub const ADMIN_USERNAME: &str = "admin";
+
+/// Settings of the identity use cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// Domain under which org domains are formed (`<slug>.<this>`); default `localhost`.
+    pub external_domain: String,
+    /// Rules for new passwords.
+    pub password_policy: PasswordPolicy,
+    /// argon2id parameters and hashing pool size.
+    pub hashing: HashingConfig,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            external_domain: "localhost".to_owned(),
+            password_policy: PasswordPolicy::default(),
+            hashing: HashingConfig::default(),
+        }
+    }
+}
+
+/// A human user to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewHuman {
+    /// Target org; default: the org the call acts on.
+    pub org_id: Option<OrgId>,
+    /// Client-chosen id (1..=200 chars); generated when `None`.
+    pub user_id: Option<String>,
+    /// Username; default: the e-mail address.
+    pub username: Option<String>,
+    /// Names.
+    pub profile: Profile,
+    /// E-mail address.
+    pub email: Email,
+    /// Phone, if any.
+    pub phone: Option<Phone>,
+    /// Initial password, if any.
+    pub password: Option<NewPassword>,
+}
+
+/// An initial password: clear text (hashed here) or an imported hash.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NewPassword {
+    /// Clear text, checked against the policy and hashed with argon2id.
+    Plain {
+        /// The password.
+        password: String,
+        /// Whether it must be changed at the next login.
+        change_required: bool,
+    },
+    /// An argon2 PHC or bcrypt hash, stored as is (rehashed after the first successful verify).
+    Hashed {
+        /// The hash.
+        hash: String,
+        /// Whether it must be changed at the next login.
+        change_required: bool,
+    },
+}
+
+impl std::fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of logs.
+        match self {
+            NewPassword::Plain { change_required, .. } => {
+                f.debug_struct("Plain").field("change_required", change_required).finish_non_exhaustive()
+            }
+            NewPassword::Hashed { change_required, .. } => {
+                f.debug_struct("Hashed").field("change_required", change_required).finish_non_exhaustive()
+            }
+        }
+    }
+}
+
+/// A machine user to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMachine {
+    /// Target org; default: the org the call acts on.
+    pub org_id: Option<OrgId>,
+    /// Client-chosen id (1..=200 chars); generated when `None`.
+    pub user_id: Option<String>,
+    /// Username.
+    pub username: String,
+    /// Name, 1..=200 chars.
+    pub name: String,
+    /// Description, ≤ 500 chars.
+    pub description: String,
+}
+
+/// Changes to a human user; `None` = unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HumanUpdate {
+    /// New username.
+    pub username: Option<String>,
+    /// New names (replaces the whole profile).
+    pub profile: Option<Profile>,
+    /// New e-mail.
+    pub email: Option<Email>,
+    /// `Some(None)` removes the phone.
+    pub phone: Option<Option<Phone>>,
+}
+
+/// Why the caller may set a password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PasswordVerification {
+    /// The user's current password (users changing their own).
+    CurrentPassword(String),
+    /// An administrator with `user.credential.write` on the user's org.
+    Administrator,
+}
+
+impl std::fmt::Debug for PasswordVerification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordVerification::CurrentPassword(_) => f.write_str("CurrentPassword(..)"),
+            PasswordVerification::Administrator => f.write_str("Administrator"),
+        }
+    }
+}
+
+struct Inner {
+    config: IdentityConfig,
+    repos: Repos,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
+    hasher: PasswordHasher,
+}
+
+/// The identity use cases; cheap to clone, built once at start-up.
+#[derive(Clone)]
+pub struct Identity {
+    inner: Arc<Inner>,
+    hook: Arc<dyn UserLifecycleHook>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("config", &self.inner.config)
+            .field("hasher", &self.inner.hasher)
+            .finish_non_exhaustive()
+    }
+}
+
+fn not_found_user() -> Error {
+    Error::new(ErrorKind::NotFound, USER_NOT_FOUND, "user not found")
+}
+
+fn not_found_org() -> Error {
+    Error::new(ErrorKind::NotFound, ORG_NOT_FOUND, "organization not found")
+}
+
+fn token_invalid() -> Error {
+    Error::new(ErrorKind::Unauthenticated, AUTH_TOKEN_INVALID, "the token is missing, invalid or expired")
+}
+
+fn org_denied() -> Error {
+    Error::new(ErrorKind::PermissionDenied, AUTH_ORG_DENIED, "the organization is unknown or not accessible")
+}
+
+fn importable(hash: &str) -> std::result::Result<(), String> {
+    if is_importable_hash(hash) {
+        Ok(())
+    } else {
+        Err("must be an argon2id, argon2i or bcrypt ($2a$, $2b$, $2y$) hash within the cost limits".to_owned())
+    }
+}
+
+fn precondition(id: &'static str, message: &str) -> Error {
+    Error::new(ErrorKind::FailedPrecondition, id, message)
+}
+
+impl Identity {
+    /// The use cases over `repos`; fails when the hashing parameters are invalid.
+    pub fn new(config: IdentityConfig, repos: Repos, clock: Arc<dyn Clock>, ids: Arc<dyn IdGenerator>) -> Result<Self> {
+        let hasher = PasswordHasher::new(&config.hashing)?;
+        Ok(Self { inner: Arc::new(Inner { config, repos, clock, ids, hasher }), hook: Arc::new(NoopLifecycleHook) })
+    }
+
+    /// The same use cases, telling `hook` whenever a user is deactivated, locked or deleted.
+    #[must_use]
+    pub fn with_lifecycle_hook(mut self, hook: Arc<dyn UserLifecycleHook>) -> Self {
+        self.hook = hook;
+        self
+    }
+
+    /// The password hasher (and its pool), e.g. for the session use cases and metrics.
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.inner.hasher
+    }
+
+    fn repos(&self) -> &Repos {
+        &self.inner.repos
+    }
+
+    fn new_id(&self) -> String {
+        self.inner.ids.new_id()
+    }
+
+    // ---------------------------------------------------------------- authentication
+
+    /// Resolves the caller from an `Authorization` header value. Missing, malformed, unknown, expired,
+    /// revoked or owner/org-inactive ⇒ Unauthenticated [`AUTH_TOKEN_INVALID`] (one answer for all).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+        let token = authorization.and_then(bearer_token).filter(|t| is_well_formed_pat(t)).ok_or_else(token_invalid)?;
+        let owner = self.repos().tokens.find_by_hash(&token_hash(token)).await?.ok_or_else(token_invalid)?;
+        let now = self.inner.clock.now();
+        let expired = owner.token.expiration.is_some_and(|at| at <= now);
+        if expired || owner.user.state != UserState::Active || owner.org_state != OrgState::Active {
+            return Err(token_invalid());
+        }
+        self.principal_of(owner.user.id, owner.user.org_id).await
+    }
+
+    /// The principal of `user` in `org` with its current roles.
+    async fn principal_of(&self, user_id: UserId, org_id: OrgId) -> Result<Principal> {
+        let memberships = self.repos().members.of_user(&user_id).await?;
+        let mut instance_roles = Vec::new();
+        let mut org_roles = Vec::new();
+        for Member { user_id: _, scope, roles, details: _ } in memberships {
+            match scope {
+                MemberScope::Instance => instance_roles.extend(roles),
+                MemberScope::Org(org) => org_roles.push((org, roles)),
+            }
+        }
+        Ok(Principal { user_id, org_id, instance_roles, org_roles })
+    }
+
+    /// The org a call acts on: `org_header` (when non-empty) or the caller's own org. An unknown org, or
+    /// one where the caller holds no role (and no instance role) ⇒ PermissionDenied [`AUTH_ORG_DENIED`].
+    pub async fn call_context(&self, principal: Principal, org_header: Option<&str>) -> Result<CallContext> {
+        let org_id = match org_header.map(str::trim).filter(|h| !h.is_empty()) {
+            None => principal.org_id.clone(),
+            Some(header) => {
+                let org_id = OrgId::from(header);
+                // The same answer for unknown and forbidden orgs: no way to probe which org ids exist.
+                let allowed = org_id == principal.org_id || principal.has_any_role_in(&org_id);
+                if !allowed || self.repos().orgs.get(&org_id).await?.is_none() {
+                    return Err(org_denied());
+                }
+                org_id
+            }
+        };
+        Ok(CallContext { principal, org_id })
+    }
+
+    // ---------------------------------------------------------------- bootstrap
+
+    /// On an empty instance: creates the default org, the admin machine user with IAM_OWNER and its PAT,
+    /// answering the token once; `None` when the instance exists (also when another replica won the race).
+    pub async fn bootstrap(&self) -> Result<Option<String>> {
+        if self.repos().instance.exists().await? {
+            return Ok(None);
+        }
+        let org_id = OrgId::from(self.new_id());
+        let admin_id = UserId::from(self.new_id());
+        let generated = generate_pat()?;
+        let record = BootstrapRecord {
+            org: NewOrgRecord {
+                id: org_id.clone(),
+                name: DEFAULT_ORG_NAME.to_owned(),
+                primary_domain: org_primary_domain(DEFAULT_ORG_NAME, &self.inner.config.external_domain),
+            },
+            admin: NewUserRecord {
+                id: admin_id.clone(),
+                org_id,
+                username: ADMIN_USERNAME.to_owned(),
+                kind: NewUserKind::Machine(Machine {
+                    name: "Administrator".to_owned(),
+                    description: "created at the first start".to_owned(),
+                }),
+            },
+            admin_roles: vec![Role::IamOwner],
+            token: NewTokenRecord {
+                id: TokenId::from(self.new_id()),
+                user_id: admin_id,
+                token_hash: generated.hash.clone(),
+                expiration: None,
+            },
+        };
+        match self.repos().instance.bootstrap(&record).await {
+            Ok(()) => Ok(Some(generated.token)),
+            // A concurrent replica created the instance (or its default org) first.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new PAT for an existing machine user named by id or login name (admin CLI; no caller).
+    pub async fn create_token_for(&self, user: &str, expires_in: Option<Duration>) -> Result<(TokenId, String)> {
+        let found = match self.repos().users.get(&UserId::from(user)).await? {
+            Some(u) => Some(u),
+            None => self.repos().users.find_by_login_name(user).await?,
+        };
+        let found = found.ok_or_else(not_found_user)?;
+        if !found.is_machine() {
+            return Err(precondition("USER-not-machine", "personal access tokens are for machine users only"));
+        }
+        let expiration = match expires_in {
+            None => None,
+            Some(d) => {
+                let d = chrono::Duration::from_std(d)
+                    .map_err(|_| Error::invalid_field("PAT-invalid", "expires_in", "is too long"))?;
+                Some(
+                    self.inner
+                        .clock
+                        .now()
+                        .checked_add_signed(d)
+                        .ok_or_else(|| Error::invalid_field("PAT-invalid", "expires_in", "is too long"))?,
+                )
+            }
+        };
+        let (pat, token) = self.issue_pat(&found.id, expiration, SYSTEM_ACTOR).await?;
+        Ok((pat.id, token))
+    }
+
+    async fn issue_pat(
+        &self,
+        user: &UserId,
+        expiration: Option<DateTime<Utc>>,
+        actor: &str,
+    ) -> Result<(PersonalAccessToken, String)> {
+        let generated = generate_pat()?;
+        let record = NewTokenRecord {
+            id: TokenId::from(self.new_id()),
+            user_id: user.clone(),
+            token_hash: generated.hash.clone(),
+            expiration,
+        };
+        let pat = self.repos().tokens.create(&record, actor).await?;
+        Ok((pat, generated.token))
+    }
+
+    // ---------------------------------------------------------------- organizations
+
+    /// Creates an org (`org.create` on the instance); name 1..=200 after trimming, unique ignoring case.
+    pub async fn add_org(&self, ctx: &CallContext, name: &str) -> Result<Organization> {
+        ctx.require_instance(Permission::OrgCreate)?;
+        let name = name.trim();
+        let mut v = Violations::new();
+        v.check("name", validate::required_text(name, MAX_TEXT));
+        v.finish("ORG-invalid")?;
+        let record = NewOrgRecord {
+            id: OrgId::from(self.new_id()),
+            name: name.to_owned(),
+            primary_domain: org_primary_domain(name, &self.inner.config.external_domain),
+        };
+        self.repos().orgs.create(&record, ctx.actor()).await
+    }
+
+    /// The org, when the caller has `org.read` in it; else NotFound.
+    pub async fn get_org(&self, ctx: &CallContext, id: &OrgId) -> Result<Organization> {
+        if !ctx.can(Permission::OrgRead, id) {
+            return Err(not_found_org());
+        }
+        self.repos().orgs.get(id).await?.ok_or_else(not_found_org)
+    }
+
+    /// Orgs matching `filters` among those the caller may read.
+    pub async fn list_orgs(
+        &self,
+        ctx: &CallContext,
+        mut filters: Vec<OrgFilter>,
+        q: ListQuery,
+    ) -> Result<Page<Organization>> {
+        let q = validate::list_query(q)?;
+        if let Some(orgs) = ctx.principal.orgs_with(Permission::OrgRead) {
+            if orgs.is_empty() {
+                return Ok(Page { items: Vec::new(), total: 0 });
+            }
+            filters.push(OrgFilter::Ids(orgs));
+        }
+        self.repos().orgs.list(&filters, &q).await
+    }
+
+    /// Deactivates an active org (`org.write`); already inactive ⇒ FailedPrecondition.
+    pub async fn deactivate_org(&self, ctx: &CallContext, id: &OrgId) -> Result<Details> {
+        self.change_org_state(ctx, id, OrgStateChange::Deactivate).await
+    }
+
+    /// Reactivates an inactive org (`org.write`); already active ⇒ FailedPrecondition.
+    pub async fn reactivate_org(&self, ctx: &CallContext, id: &OrgId) -> Result<Details> {
+        self.change_org_state(ctx, id, OrgStateChange::Reactivate).await
+    }
+
+    async fn change_org_state(&self, ctx: &CallContext, id: &OrgId, change: OrgStateChange) -> Result<Details> {
+        let org = self.get_org(ctx, id).await?;
+        ctx.require(Permission::OrgWrite, id)?;
+        let applies = match change {
+            OrgStateChange::Deactivate => org.state == OrgState::Active,
+            OrgStateChange::Reactivate => org.state == OrgState::Inactive,
+        };
+        if !applies {
+            return Err(precondition("ORG-state", &format!("the organization is already {}", org.state.as_str())));
+        }
+        if change == OrgStateChange::Deactivate && org.id == ctx.principal.org_id {
+            return Err(precondition("ORG-own", "the caller's own organization cannot be deactivated"));
+        }
+        self.repos().orgs.set_state(id, change, ctx.actor()).await
+    }
+
+    /// Deletes an org (`org.delete`) with its users, tokens and memberships; the caller's own org cannot be.
+    pub async fn delete_org(&self, ctx: &CallContext, id: &OrgId) -> Result<Details> {
+        self.get_org(ctx, id).await?;
+        ctx.require(Permission::OrgDelete, id)?;
+        if *id == ctx.principal.org_id {
+            return Err(precondition("ORG-own", "the caller's own organization cannot be deleted"));
+        }
+        let users = self.user_ids_of_org(id).await?;
+        let details = self.repos().orgs.delete(id, ctx.actor()).await?;
+        for user in &users {
+            self.hook.on_user_disabled(user).await?;
+        }
+        Ok(details)
+    }
+
+    async fn user_ids_of_org(&self, org: &OrgId) -> Result<Vec<UserId>> {
+        let filters = [UserFilter::Org(org.clone())];
+        let mut ids = Vec::new();
+        let mut offset = 0;
+        loop {
+            let q = ListQuery { offset, limit: validate::MAX_LIMIT, asc: true };
+            let page = self.repos().users.list(&filters, UserSort::CreationDate, &q).await?;
+            let n = page.items.len();
+            ids.extend(page.items.into_iter().map(|u| u.id));
+            offset += n as u64;
+            if n == 0 || offset >= page.total {
+                return Ok(ids);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- users
+
+    /// The org a new user goes to, after checking `user.write` there and that it exists and is active.
+    async fn target_org(&self, ctx: &CallContext, org: Option<OrgId>) -> Result<OrgId> {
+        let org = org.unwrap_or_else(|| ctx.org_id.clone());
+        ctx.require(Permission::UserWrite, &org)?;
+        let found = self.repos().orgs.get(&org).await?.ok_or_else(not_found_org)?;
+        if found.state != OrgState::Active {
+            return Err(precondition("ORG-inactive", "the organization is inactive"));
+        }
+        Ok(org)
+    }
+
+    fn user_id_or_new(&self, v: &mut Violations, user_id: Option<String>) -> UserId {
+        match user_id {
+            Some(id) => {
+                v.check("user_id", validate::id(&id));
+                UserId::from(id)
+            }
+            None => UserId::from(self.new_id()),
+        }
+    }
+
+    /// Creates a human user (`user.write` in the target org), hashing a clear-text password.
+    pub async fn add_human(&self, ctx: &CallContext, new: NewHuman) -> Result<User> {
+        let NewHuman { org_id, user_id, username, profile, email, phone, password } = new;
+        let org_id = self.target_org(ctx, org_id).await?;
+        let mut v = Violations::new();
+        let id = self.user_id_or_new(&mut v, user_id);
+        let username = username.unwrap_or_else(|| email.address.clone());
+        v.check("username", validate::username(&username));
+        validate::profile(&mut v, "profile", &profile);
+        validate::email_field(&mut v, "email", &email);
+        if let Some(phone) = &phone {
+            validate::phone_field(&mut v, "phone", phone);
+        }
+        match &password {
+            None => {}
+            Some(NewPassword::Plain { password, change_required: _ }) => {
+                v.check("password.password", self.inner.config.password_policy.check(password));
+            }
+            Some(NewPassword::Hashed { hash, change_required: _ }) => {
+                v.check("hashed_password.hash", importable(hash));
+            }
+        }
+        v.finish("USER-invalid")?;
+        let (hash, change_required) = match password {
+            None => (None, false),
+            // Hashed only after every cheap check passed: hashing is the expensive part.
+            Some(NewPassword::Plain { password, change_required }) => {
+                (Some(self.inner.hasher.hash(&password).await?), change_required)
+            }
+            Some(NewPassword::Hashed { hash, change_required }) => (Some(hash), change_required),
+        };
+        let record = NewUserRecord {
+            id,
+            org_id,
+            username,
+            kind: NewUserKind::Human { profile, email, phone, password_change_required: change_required },
+        };
+        self.repos().users.create(&record, hash.as_deref(), ctx.actor()).await
+    }
+
+    /// Creates a machine user (`user.write` in the target org).
+    pub async fn add_machine(&self, ctx: &CallContext, new: NewMachine) -> Result<User> {
+        let NewMachine { org_id, user_id, username, name, description } = new;
+        let org_id = self.target_org(ctx, org_id).await?;
+        let mut v = Violations::new();
+        let id = self.user_id_or_new(&mut v, user_id);
+        v.check("username", validate::username(&username));
+        v.check("name", validate::required_text(&name, MAX_TEXT));
+        v.check("description", validate::optional_text(&description, MAX_DESCRIPTION));
+        v.finish("USER-invalid")?;
+        let record = NewUserRecord { id, org_id, username, kind: NewUserKind::Machine(Machine { name, description }) };
+        self.repos().users.create(&record, None, ctx.actor()).await
+    }
+
+    /// The user, when the caller has `user.read` in its org; otherwise NotFound [`USER_NOT_FOUND`].
+    pub async fn get_user(&self, ctx: &CallContext, id: &UserId) -> Result<User> {
+        self.visible_user(ctx, id, Permission::UserRead).await
+    }
+
+    /// The user when the caller holds `perm` in its org (or it is the caller); otherwise NotFound.
+    async fn visible_user(&self, ctx: &CallContext, id: &UserId, perm: Permission) -> Result<User> {
+        let user = self.repos().users.get(id).await?.ok_or_else(not_found_user)?;
+        if user.id == ctx.principal.user_id || ctx.can(perm, &user.org_id) { Ok(user) } else { Err(not_found_user()) }
+    }
+
+    /// The user for a change needing `perm`: NotFound unless readable, PermissionDenied unless `perm`.
+    async fn user_for_change(&self, ctx: &CallContext, id: &UserId, perm: Permission) -> Result<User> {
+        let user = self.repos().users.get(id).await?.ok_or_else(not_found_user)?;
+        if !ctx.can(Permission::UserRead, &user.org_id) {
+            return Err(not_found_user());
+        }
+        ctx.require(perm, &user.org_id)?;
+        Ok(user)
+    }
+
+    /// Users matching `filters` among the orgs the caller may read users of.
+    pub async fn list_users(
+        &self,
+        ctx: &CallContext,
+        mut filters: Vec<UserFilter>,
+        sort: UserSort,
+        q: ListQuery,
+    ) -> Result<Page<User>> {
+        let q = validate::list_query(q)?;
+        if let Some(orgs) = ctx.principal.orgs_with(Permission::UserRead) {
+            if orgs.is_empty() {
+                return Ok(Page { items: Vec::new(), total: 0 });
+            }
+            filters.push(UserFilter::Orgs(orgs));
+        }
+        self.repos().users.list(&filters, sort, &q).await
+    }
+
+    /// Changes username, profile, e-mail and/or phone of a human user (`user.write`).
+    pub async fn update_human(&self, ctx: &CallContext, id: &UserId, update: HumanUpdate) -> Result<Details> {
+        let user = self.user_for_change(ctx, id, Permission::UserWrite).await?;
+        if user.is_machine() {
+            return Err(precondition("USER-not-human", "the user is not a human user"));
+        }
+        let HumanUpdate { username, profile, email, phone } = update;
+        let mut v = Violations::new();
+        if let Some(username) = &username {
+            v.check("username", validate::username(username));
+        }
+        if let Some(profile) = &profile {
+            validate::profile(&mut v, "profile", profile);
+        }
+        if let Some(email) = &email {
+            validate::email_field(&mut v, "email", email);
+        }
+        if let Some(Some(phone)) = &phone {
+            validate::phone_field(&mut v, "phone", phone);
+        }
+        v.finish("USER-invalid")?;
+        let change = HumanChange { username, profile, email, phone };
+        if change.is_empty() {
+            return Ok(user.details);
+        }
+        self.repos().users.update_human(id, &change, ctx.actor()).await
+    }
+
+    /// Sets the password of a human user: the user itself with its current password, or a caller with
+    /// `user.credential.write` on the user's org. The new password is checked before any hashing.
+    pub async fn set_password(
+        &self,
+        ctx: &CallContext,
+        id: &UserId,
+        new_password: &str,
+        verification: PasswordVerification,
+        change_required: bool,
+    ) -> Result<Details> {
+        let own = *id == ctx.principal.user_id;
+        let user = if own {
+            self.repos().users.get(id).await?.ok_or_else(not_found_user)?
+        } else {
+            self.user_for_change(ctx, id, Permission::UserCredentialWrite).await?
+        };
+        if user.is_machine() {
+            return Err(precondition("USER-not-human", "the user is not a human user"));
+        }
+        let policy = &self.inner.config.password_policy;
+        policy.check(new_password).map_err(|d| Error::invalid_field("PASSWORD-invalid", "new_password.password", d))?;
+        match verification {
+            PasswordVerification::CurrentPassword(current) => {
+                if !self.check_current_password(id, &current).await? {
+                    return Err(Error::invalid_field("PASSWORD-current-invalid", "current_password", "does not match"));
+                }
+            }
+            PasswordVerification::Administrator => ctx.require(Permission::UserCredentialWrite, &user.org_id)?,
+        }
+        let hash = self.inner.hasher.hash(new_password).await?;
+        self.repos().users.set_password(id, &hash, change_required, ctx.actor()).await
+    }
+
+    async fn check_current_password(&self, id: &UserId, current: &str) -> Result<bool> {
+        if current.len() > self.inner.config.password_policy.max_length {
+            // Cannot be the stored one (it passed the policy) and must not cost a hash.
+            return Ok(false);
+        }
+        self.verify_password(id, current).await
+    }
+
+    /// Whether `password` is the user's password. Unknown users and users without a password cost one
+    /// dummy verify; a legacy or weaker hash is replaced by an argon2id one after a successful verify.
+    pub async fn verify_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        let hasher = &self.inner.hasher;
+        if password.len() > self.inner.config.password_policy.max_length {
+            // Refused before hashing (hash DoS); such a password was never accepted by the policy.
+            return Ok(false);
+        }
+        let Some(stored) = self.repos().users.password_hash(user_id).await? else {
+            return hasher.dummy_verify(password).await;
+        };
+        if !hasher.verify(password, &stored).await? {
+            return Ok(false);
+        }
+        if hasher.needs_rehash(&stored) {
+            // Best effort: the login succeeded either way, and the next successful login tries again
+            // (e.g. when the pool is busy right now or a concurrent change replaced the hash).
+            if let Ok(new_hash) = hasher.hash(password).await {
+                let _ = self.repos().users.replace_password_hash(user_id, &stored, &new_hash, user_id.as_str()).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deactivates an active user (`user.write`); tells the lifecycle hook.
+    pub async fn deactivate_user(&self, ctx: &CallContext, id: &UserId) -> Result<Details> {
+        self.change_user_state(ctx, id, UserStateChange::Deactivate).await
+    }
+
+    /// Reactivates an inactive user (`user.write`).
+    pub async fn reactivate_user(&self, ctx: &CallContext, id: &UserId) -> Result<Details> {
+        self.change_user_state(ctx, id, UserStateChange::Reactivate).await
+    }
+
+    /// Locks an active user (`user.write`); tells the lifecycle hook.
+    pub async fn lock_user(&self, ctx: &CallContext, id: &UserId) -> Result<Details> {
+        self.change_user_state(ctx, id, UserStateChange::Lock).await
+    }
+
+    /// Unlocks a locked user (`user.write`).
+    pub async fn unlock_user(&self, ctx: &CallContext, id: &UserId) -> Result<Details> {
+        self.change_user_state(ctx, id, UserStateChange::Unlock).await
+    }
+
+    async fn change_user_state(&self, ctx: &CallContext, id: &UserId, change: UserStateChange) -> Result<Details> {
+        let user = self.user_for_change(ctx, id, Permission::UserWrite).await?;
+        let (from, message) = match change {
+            UserStateChange::Deactivate => (UserState::Active, "the user is not active"),
+            UserStateChange::Reactivate => (UserState::Inactive, "the user is not inactive"),
+            UserStateChange::Lock => (UserState::Active, "the user is not active"),
+            UserStateChange::Unlock => (UserState::Locked, "the user is not locked"),
+        };
+        if user.state != from {
+            return Err(precondition("USER-state", message));
+        }
+        let disables = match change {
+            UserStateChange::Deactivate | UserStateChange::Lock => true,
+            UserStateChange::Reactivate | UserStateChange::Unlock => false,
+        };
+        if disables && user.id == ctx.principal.user_id {
+            return Err(precondition("USER-self", "callers cannot disable themselves"));
+        }
+        let details = self.repos().users.set_state(id, change, ctx.actor()).await?;
+        if disables {
+            self.hook.on_user_disabled(id).await?;
+        }
+        Ok(details)
+    }
+
+    /// Deletes a user with its tokens and memberships (`user.delete`); tells the lifecycle hook.
+    pub async fn delete_user(&self, ctx: &CallContext, id: &UserId) -> Result<Details> {
+        self.user_for_change(ctx, id, Permission::UserDelete).await?;
+        if *id == ctx.principal.user_id {
+            return Err(precondition("USER-self", "callers cannot delete themselves"));
+        }
+        let details = self.repos().users.delete(id, ctx.actor()).await?;
+        self.hook.on_user_disabled(id).await?;
+        Ok(details)
+    }
+
+    // ---------------------------------------------------------------- personal access tokens
+
+    /// The machine user `id` for a token operation: its own tokens for the caller, else `perm` in its org.
+    async fn machine_for_tokens(&self, ctx: &CallContext, id: &UserId, perm: Permission) -> Result<User> {
+        let user = if *id == ctx.principal.user_id {
+            self.repos().users.get(id).await?.ok_or_else(not_found_user)?
+        } else {
+            self.user_for_change(ctx, id, perm).await?
+        };
+        if !user.is_machine() {
+            return Err(precondition("USER-not-machine", "personal access tokens are for machine users only"));
+        }
+        Ok(user)
+    }
+
+    /// Creates a PAT for a machine user (own, or `user.credential.write`); answers the token once.
+    pub async fn add_pat(
+        &self,
+        ctx: &CallContext,
+        user: &UserId,
+        expiration: Option<DateTime<Utc>>,
+    ) -> Result<(PersonalAccessToken, String)> {
+        self.machine_for_tokens(ctx, user, Permission::UserCredentialWrite).await?;
+        if let Some(at) = expiration
+            && at <= self.inner.clock.now()
+        {
+            return Err(Error::invalid_field("PAT-invalid", "expiration_date", "must lie in the future"));
+        }
+        self.issue_pat(user, expiration, ctx.actor()).await
+    }
+
+    /// Lists the PATs of a user (own, or `user.read`).
+    pub async fn list_pats(&self, ctx: &CallContext, user: &UserId, q: ListQuery) -> Result<Page<PersonalAccessToken>> {
+        let q = validate::list_query(q)?;
+        self.visible_user(ctx, user, Permission::UserRead).await?;
+        self.repos().tokens.list(user, &q).await
+    }
+
+    /// Revokes a PAT (own, or `user.credential.write`).
+    pub async fn remove_pat(&self, ctx: &CallContext, user: &UserId, token: &TokenId) -> Result<Details> {
+        self.machine_for_tokens(ctx, user, Permission::UserCredentialWrite).await?;
+        self.repos().tokens.delete(user, token, ctx.actor()).await
+    }
+
+    // ---------------------------------------------------------------- members
+
+    fn require_scope(&self, ctx: &CallContext, perm: Permission, scope: &MemberScope) -> Result<()> {
+        match scope {
+            MemberScope::Instance => ctx.require_instance(perm),
+            MemberScope::Org(org) => ctx.require(perm, org),
+        }
+    }
+
+    /// Grants `roles` to `user` in `scope`, replacing earlier ones there (`member.write` on the scope).
+    pub async fn add_member(
+        &self,
+        ctx: &CallContext,
+        user: &UserId,
+        scope: MemberScope,
+        roles: Vec<Role>,
+    ) -> Result<Details> {
+        self.require_scope(ctx, Permission::MemberWrite, &scope)?;
+        let mut v = Violations::new();
+        if roles.is_empty() {
+            v.add("roles", "must name at least one role");
+        }
+        for (i, role) in roles.iter().enumerate() {
+            if roles[..i].contains(role) {
+                v.add("roles", format!("{role} is given twice"));
+            }
+            let fits = match scope {
+                MemberScope::Instance => role.is_instance_role(),
+                MemberScope::Org(_) => !role.is_instance_role(),
+            };
+            if !fits {
+                v.add("roles", format!("{role} cannot be granted on this resource"));
+            }
+        }
+        v.finish("MEMBER-invalid")?;
+        if let MemberScope::Org(org) = &scope {
+            self.repos().orgs.get(org).await?.ok_or_else(not_found_org)?;
+        }
+        self.get_user(ctx, user).await?;
+        self.repos().members.set(user, &scope, &roles, ctx.actor()).await
+    }
+
+    /// Revokes all roles of `user` in `scope` (`member.write` on the scope); none held ⇒ NotFound.
+    pub async fn remove_member(&self, ctx: &CallContext, user: &UserId, scope: MemberScope) -> Result<Details> {
+        self.require_scope(ctx, Permission::MemberWrite, &scope)?;
+        self.repos().members.remove(user, &scope, ctx.actor()).await
+    }
+
+    /// The memberships in `scope` (`member.read` on the scope).
+    pub async fn list_members(&self, ctx: &CallContext, scope: MemberScope, q: ListQuery) -> Result<Page<Member>> {
+        let q = validate::list_query(q)?;
+        self.require_scope(ctx, Permission::MemberRead, &scope)?;
+        self.repos().members.list(&scope, &q).await
+    }
+}
