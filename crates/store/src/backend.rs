@@ -5,6 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use flowgate_core::event::AggregateRef;
+use sea_orm::sea_query::{Expr, LikeExpr};
 use sea_orm::sqlx::error::DatabaseError;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{
@@ -324,6 +325,89 @@ fn classify_sqlx(err: &sqlx::Error) -> DbErrorClass {
     }
 }
 
+/// What names the constraint a unique violation hit: the constraint (index) name on PostgreSQL, the
+/// `table.column, …` list of the message on SQLite; `None` when `err` is no unique violation.
+///
+/// Index names in the migrations contain the column names (`users_username_lower_key`), so a caller can
+/// tell which field was taken on both engines by looking for the column name.
+pub(crate) fn unique_violation_target(err: &DbErr) -> Option<String> {
+    if classify(err) != DbErrorClass::UniqueViolation {
+        return None;
+    }
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err else {
+        return None;
+    };
+    let sqlx::Error::Database(db) = e.as_ref() else { return None };
+    if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+        return pg.constraint().map(str::to_owned);
+    }
+    // "UNIQUE constraint failed: users.username_lower"
+    let message = db.message();
+    Some(message.split_once("failed:").map_or(message, |(_, columns)| columns.trim()).to_owned())
+}
+
+/// Where a literal text must occur in a column for [`text_match`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextPosition {
+    /// At the start.
+    Start,
+    /// Anywhere.
+    Anywhere,
+    /// At the end.
+    End,
+}
+
+/// `column` contains `needle` at `position`, compared case-sensitively and literally (wildcards in the
+/// needle match only themselves). For a comparison ignoring case pass a lower-cased column and needle.
+///
+/// PostgreSQL's `LIKE` is case-sensitive; SQLite's ignores ASCII case, so SQLite uses `GLOB` instead.
+pub(crate) fn text_match(backend: Backend, column: Expr, needle: &str, position: TextPosition) -> Expr {
+    // Scoped here: at module level `ExprTrait::max` would shadow `u32::max`.
+    use sea_orm::sea_query::ExprTrait;
+    use sea_orm::sea_query::extension::sqlite::SqliteExpr;
+
+    let (any, escaped) = match backend {
+        Backend::Postgres => ('%', escape_like(needle)),
+        Backend::Sqlite => ('*', escape_glob(needle)),
+    };
+    let pattern = match position {
+        TextPosition::Start => format!("{escaped}{any}"),
+        TextPosition::Anywhere => format!("{any}{escaped}{any}"),
+        TextPosition::End => format!("{any}{escaped}"),
+    };
+    match backend {
+        Backend::Postgres => column.like(LikeExpr::new(pattern).escape('\\')),
+        Backend::Sqlite => column.glob(pattern),
+    }
+}
+
+/// Escapes `LIKE` wildcards (and the escape character itself) with a backslash.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Escapes `GLOB` wildcards by putting each in a one-character class (GLOB has no escape character).
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[') {
+            out.push('[');
+            out.push(c);
+            out.push(']');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// PostgreSQL SQLSTATE codes (appendix A of the PostgreSQL manual).
 fn classify_sqlstate(code: &str) -> DbErrorClass {
     match code {
@@ -479,6 +563,12 @@ mod tests {
         assert_eq!(classify_sqlite(517), DbErrorClass::Transient);
         assert_eq!(classify_sqlite(2067), DbErrorClass::UniqueViolation);
         assert_eq!(classify_sqlite(19), DbErrorClass::Other);
+    }
+
+    #[test]
+    fn wildcards_are_escaped() {
+        assert_eq!(escape_like(r"50%_a\b"), r"50\%\_a\\b");
+        assert_eq!(escape_glob("a*b?[c]"), "a[*]b[?][[]c]");
     }
 
     #[test]

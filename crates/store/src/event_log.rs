@@ -297,6 +297,62 @@ where
     Ok((value, details))
 }
 
+/// Sequence and time of events appended by [`append_in`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Appended {
+    /// Sequence of the last appended event.
+    pub(crate) sequence: u64,
+    /// Time stamped on the appended events.
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+/// Appends `events` to a second aggregate from inside the state closure of a [`Store::write`], for the
+/// rare change that spans aggregates (bootstrap, cascading deletes), so everything commits or nothing.
+///
+/// The aggregate is locked like the primary one (a lock-order deadlock between two such writes is a
+/// transient error and retried with the whole write); events get `created_at`, or the aggregate's last
+/// time when that is later, so its change dates never go backwards.
+pub(crate) async fn append_in(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    aggregate: &AggregateRef,
+    resource_owner: &str,
+    creator: &str,
+    events: &[NewEvent],
+    created_at: DateTime<Utc>,
+) -> Result<Appended, StateError> {
+    backend::lock_aggregate(txn, backend, aggregate).await?;
+    let last = of_aggregate(aggregate)
+        .select_only()
+        .columns([entity::Column::Sequence, entity::Column::CreatedAt])
+        .order_by_desc(entity::Column::Sequence)
+        .into_tuple::<(i64, DateTime<Utc>)>()
+        .one(txn)
+        .await?;
+    let previous = match last {
+        Some((sequence, _)) => to_sequence(sequence)?,
+        None => 0,
+    };
+    let created_at = last.map_or(created_at, |(_, at)| created_at.max(at));
+    let intent = WriteIntent {
+        aggregate: aggregate.clone(),
+        resource_owner: resource_owner.to_owned(),
+        creator: creator.to_owned(),
+        expected_sequence: None,
+        events: Vec::new(),
+    };
+    let rows = events
+        .iter()
+        .zip(previous + 1..)
+        .map(|(event, sequence)| event_row(&intent, event, sequence, created_at))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let count = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    if !rows.is_empty() {
+        entity::Entity::insert_many(rows).exec_without_returning(txn).await?;
+    }
+    Ok(Appended { sequence: previous.saturating_add(count), created_at })
+}
+
 /// Decides whether a failed step is worth another try.
 fn on_db_error<T>(err: DbErr, step: Step) -> Attempt<T> {
     match (classify(&err), step) {

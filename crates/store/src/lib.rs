@@ -8,6 +8,7 @@ mod backend;
 mod config;
 mod error;
 mod event_log;
+pub mod identity;
 pub mod migration;
 mod store;
 #[cfg(feature = "testing")]
