@@ -720,6 +720,14 @@ async fn validation_names_fields() {
         assert!(err.violations()[0].description.contains(text), "{}", err.message());
         assert!(err.message().contains(field));
     }
+    let ok = w.identity.add_human(&admin, human(Some("ok"), "a@b.ch", None)).await.unwrap();
+    match &ok.kind {
+        UserKind::Human(h) => {
+            assert_eq!(h.profile.display_name, "Ada Lovelace", "derived when omitted");
+            assert!(!h.password_set);
+        }
+        UserKind::Machine(_) => panic!("human expected"),
+    }
     // Several problems are reported at once.
     let mut bad = human(Some("a b"), "x@", None);
     bad.profile.given_name = String::new();

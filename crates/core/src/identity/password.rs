@@ -7,7 +7,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier 
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::{Error, ErrorKind, Result};
 
@@ -246,8 +246,9 @@ pub fn is_importable_hash(hash: &str) -> bool {
 pub struct PasswordHasher {
     params: Params,
     pool: HashPool,
-    /// A real hash with the current parameters, verified for unknown users so they cost the same.
-    dummy_hash: Arc<str>,
+    /// A real hash with the current parameters, verified for unknown users so they cost the same;
+    /// computed on first use (on the pool) so that start-up does not pay for it.
+    dummy_hash: Arc<OnceCell<Arc<str>>>,
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -258,13 +259,12 @@ impl std::fmt::Debug for PasswordHasher {
 
 impl PasswordHasher {
     /// A hasher with `config`'s argon2id parameters and pool size; invalid parameters ⇒ InvalidArgument
-    /// naming the configuration key. Computes the dummy hash once (one hash's cost).
+    /// naming the configuration key.
     pub fn new(config: &HashingConfig) -> Result<Self> {
         let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
             .map_err(|e| Error::invalid_field("PASSWORD-config", "hashing", e.to_string()))?;
         let pool = HashPool::new(config.effective_workers(), config.effective_queue());
-        let dummy_hash = hash_with(&params, DUMMY_PASSWORD)?;
-        Ok(Self { params, pool, dummy_hash: dummy_hash.into() })
+        Ok(Self { params, pool, dummy_hash: Arc::new(OnceCell::new()) })
     }
 
     /// The pool the hashes run on.
@@ -289,8 +289,16 @@ impl PasswordHasher {
 
     /// The same work as [`PasswordHasher::verify`] against a fixed hash; always `false`.
     pub async fn dummy_verify(&self, password: &str) -> Result<bool> {
+        let hash = self
+            .dummy_hash
+            .get_or_try_init(|| async {
+                let params = self.params.clone();
+                let hash = self.pool.run(move || hash_with(&params, DUMMY_PASSWORD)).await??;
+                Ok::<_, Error>(Arc::<str>::from(hash))
+            })
+            .await?;
+        let hash = Arc::clone(hash);
         let password = password.as_bytes().to_vec();
-        let hash = Arc::clone(&self.dummy_hash);
         self.pool
             .run(move || {
                 // black_box: the work must really happen, that is the point of the dummy.

@@ -189,6 +189,14 @@ fn org_denied() -> Error {
     Error::new(ErrorKind::PermissionDenied, AUTH_ORG_DENIED, "the organization is unknown or not accessible")
 }
 
+/// The profile with an empty display name replaced by "<given name> <family name>".
+fn with_display_name(mut profile: Profile) -> Profile {
+    if profile.display_name.trim().is_empty() {
+        profile.display_name = format!("{} {}", profile.given_name.trim(), profile.family_name.trim());
+    }
+    profile
+}
+
 fn importable(hash: &str) -> std::result::Result<(), String> {
     if is_importable_hash(hash) {
         Ok(())
@@ -490,8 +498,11 @@ impl Identity {
         let org_id = self.target_org(ctx, org_id).await?;
         let mut v = Violations::new();
         let id = self.user_id_or_new(&mut v, user_id);
+        // A defaulted username is the address, which the email check below covers.
+        if let Some(username) = &username {
+            v.check("username", validate::username(username));
+        }
         let username = username.unwrap_or_else(|| email.address.clone());
-        v.check("username", validate::username(&username));
         validate::profile(&mut v, "profile", &profile);
         validate::email_field(&mut v, "email", &email);
         if let Some(phone) = &phone {
@@ -519,7 +530,12 @@ impl Identity {
             id,
             org_id,
             username,
-            kind: NewUserKind::Human { profile, email, phone, password_change_required: change_required },
+            kind: NewUserKind::Human {
+                profile: with_display_name(profile),
+                email,
+                phone,
+                password_change_required: change_required,
+            },
         };
         self.repos().users.create(&record, hash.as_deref(), ctx.actor()).await
     }
@@ -552,7 +568,8 @@ impl Identity {
     /// The user for a change needing `perm`: NotFound unless readable, PermissionDenied unless `perm`.
     async fn user_for_change(&self, ctx: &CallContext, id: &UserId, perm: Permission) -> Result<User> {
         let user = self.repos().users.get(id).await?.ok_or_else(not_found_user)?;
-        if !ctx.can(Permission::UserRead, &user.org_id) {
+        // Callers know that they exist themselves; for them a missing permission is PermissionDenied.
+        if user.id != ctx.principal.user_id && !ctx.can(Permission::UserRead, &user.org_id) {
             return Err(not_found_user());
         }
         ctx.require(perm, &user.org_id)?;
@@ -598,7 +615,7 @@ impl Identity {
             validate::phone_field(&mut v, "phone", phone);
         }
         v.finish("USER-invalid")?;
-        let change = HumanChange { username, profile, email, phone };
+        let change = HumanChange { username, profile: profile.map(with_display_name), email, phone };
         if change.is_empty() {
             return Ok(user.details);
         }
