@@ -96,6 +96,10 @@ impl Db {
                 UserKind::Human(h) => m.matches(&h.email.address, s),
                 UserKind::Machine(_) => false,
             },
+            UserFilter::DisplayName(s, m) => match &user.kind {
+                UserKind::Human(h) => m.matches(&h.profile.display_name, s),
+                UserKind::Machine(_) => false,
+            },
             UserFilter::Org(o) => user.org_id == *o,
             UserFilter::State(s) => user.state == *s,
             UserFilter::Kind(UserKindFilter::Human) => !user.is_machine(),

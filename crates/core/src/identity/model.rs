@@ -432,6 +432,8 @@ pub enum UserFilter {
     Username(String, TextMethod),
     /// E-mail address (humans only; machines never match) compared with the method.
     Email(String, TextMethod),
+    /// Display name (humans only; machines never match) compared with the method.
+    DisplayName(String, TextMethod),
     /// Users of this org.
     Org(OrgId),
     /// Users in this state.
