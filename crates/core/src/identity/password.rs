@@ -31,9 +31,9 @@ pub struct PasswordPolicy {
     pub min_length: usize,
     /// Longest accepted password in bytes (default 1024); longer ones are refused before hashing.
     pub max_length: usize,
-    /// Requires an ASCII lower-case letter.
+    /// Requires a lower-case letter.
     pub require_lowercase: bool,
-    /// Requires an ASCII upper-case letter.
+    /// Requires an upper-case letter.
     pub require_uppercase: bool,
     /// Requires an ASCII digit.
     pub require_digit: bool,
