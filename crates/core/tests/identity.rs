@@ -645,11 +645,11 @@ async fn permission_table_and_cross_org_denial() {
     let err = w.identity.call_context(principal, Some("no-such-org")).await.unwrap_err();
     assert_eq!((err.kind(), err.id()), (ErrorKind::PermissionDenied, AUTH_ORG_DENIED), "same answer");
     let err = w.identity.get_user(&owner, &b_user.id).await.unwrap_err();
-    assert_eq!((err.kind(), err.id()), (ErrorKind::NotFound, "USER-not-found"));
+    assert_eq!((err.kind(), err.id()), (ErrorKind::PermissionDenied, "AUTHZ-denied"));
     let err = w.identity.get_org(&owner, &b.id).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
     let err = w.identity.deactivate_user(&owner, &b_user.id).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
     let err = w
         .identity
         .add_human(&owner, NewHuman { org_id: Some(b.id.clone()), ..human(None, "eve@b.ch", None) })
@@ -694,7 +694,7 @@ async fn permission_table_and_cross_org_denial() {
     let users = w.identity.list_users(&nobody, vec![], UserSort::CreationDate, ListQuery::default()).await.unwrap();
     assert_eq!(users.total, 0);
     assert!(w.identity.get_user(&nobody, &nobody_id).await.is_ok(), "a caller can read itself");
-    assert_eq!(w.identity.get_user(&nobody, &a_user.id).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(w.identity.get_user(&nobody, &a_user.id).await.unwrap_err().kind(), ErrorKind::PermissionDenied);
 }
 
 #[tokio::test]

@@ -389,9 +389,8 @@ impl Identity {
 
     /// The org, when the caller has `org.read` in it; else NotFound.
     pub async fn get_org(&self, ctx: &CallContext, id: &OrgId) -> Result<Organization> {
-        if !ctx.can(Permission::OrgRead, id) {
-            return Err(not_found_org());
-        }
+        // Checked before the lookup, so the answer says nothing about whether the org exists.
+        ctx.require(Permission::OrgRead, id)?;
         self.repos().orgs.get(id).await?.ok_or_else(not_found_org)
     }
 
@@ -554,24 +553,26 @@ impl Identity {
         self.repos().users.create(&record, None, ctx.actor()).await
     }
 
-    /// The user, when the caller has `user.read` in its org; otherwise NotFound [`USER_NOT_FOUND`].
+    /// The user, when the caller has `user.read` in its org (or is the user); a missing user is NotFound
+    /// [`USER_NOT_FOUND`], one of an org the caller may not read is PermissionDenied.
     pub async fn get_user(&self, ctx: &CallContext, id: &UserId) -> Result<User> {
         self.visible_user(ctx, id, Permission::UserRead).await
     }
 
-    /// The user when the caller holds `perm` in its org (or it is the caller); otherwise NotFound.
+    /// The user when the caller holds `perm` in its org (or it is the caller). Like ZITADEL, a user of
+    /// another organization is PermissionDenied rather than NotFound: ids are random, so the answer
+    /// reveals nothing a caller could enumerate, and operators can tell "wrong org" from "gone".
     async fn visible_user(&self, ctx: &CallContext, id: &UserId, perm: Permission) -> Result<User> {
         let user = self.repos().users.get(id).await?.ok_or_else(not_found_user)?;
-        if user.id == ctx.principal.user_id || ctx.can(perm, &user.org_id) { Ok(user) } else { Err(not_found_user()) }
+        if user.id != ctx.principal.user_id {
+            ctx.require(perm, &user.org_id)?;
+        }
+        Ok(user)
     }
 
-    /// The user for a change needing `perm`: NotFound unless readable, PermissionDenied unless `perm`.
+    /// The user for a change needing `perm`: NotFound when missing, PermissionDenied unless `perm`.
     async fn user_for_change(&self, ctx: &CallContext, id: &UserId, perm: Permission) -> Result<User> {
         let user = self.repos().users.get(id).await?.ok_or_else(not_found_user)?;
-        // Callers know that they exist themselves; for them a missing permission is PermissionDenied.
-        if user.id != ctx.principal.user_id && !ctx.can(Permission::UserRead, &user.org_id) {
-            return Err(not_found_user());
-        }
         ctx.require(perm, &user.org_id)?;
         Ok(user)
     }
