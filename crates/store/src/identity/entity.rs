@@ -62,6 +62,7 @@ pub(crate) mod users {
         pub given_name: String,
         pub family_name: String,
         pub display_name: String,
+        pub display_name_lower: String,
         pub preferred_language: String,
         pub email: Option<String>,
         pub email_lower: Option<String>,

@@ -22,6 +22,8 @@ pub const ORG_DOMAIN_TAKEN: &str = "ORG-domain-taken";
 /// Error id: AlreadyExists, an org with the same id exists.
 pub const ORG_ID_TAKEN: &str = "ORG-id-taken";
 
+const NAME_TAKEN_MESSAGE: &str = "an organization with this name exists already";
+
 /// Inserts a new, active org row carrying the write's sequence and time; unique violations name the field.
 pub(super) async fn insert_org(
     txn: &DatabaseTransaction,
@@ -29,10 +31,16 @@ pub(super) async fn insert_org(
     sequence: u64,
     at: DateTime<Utc>,
 ) -> Result<orgs::Model, StateError> {
+    // Both unique indexes may reject one row, and which one an engine reports is unspecified; asking
+    // first makes the usual case (same name) answer the same error everywhere. The index stays the guarantee.
+    let name_lower = org.name.to_lowercase();
+    if orgs::Entity::find().filter(orgs::Column::NameLower.eq(name_lower.as_str())).one(txn).await?.is_some() {
+        return Err(super::already_exists(ORG_NAME_TAKEN, NAME_TAKEN_MESSAGE).into());
+    }
     let row = orgs::Model {
         id: org.id.as_str().to_owned(),
         name: org.name.clone(),
-        name_lower: org.name.to_lowercase(),
+        name_lower,
         primary_domain: org.primary_domain.clone(),
         state: OrgState::Active.as_str().to_owned(),
         created_at: at,
@@ -44,7 +52,7 @@ pub(super) async fn insert_org(
             taken(
                 e,
                 &[
-                    ("name_lower", ORG_NAME_TAKEN, "an organization with this name exists already"),
+                    ("name_lower", ORG_NAME_TAKEN, NAME_TAKEN_MESSAGE),
                     ("primary_domain", ORG_DOMAIN_TAKEN, "an organization with this primary domain exists already"),
                 ],
                 (ORG_ID_TAKEN, "an organization with this id exists already"),

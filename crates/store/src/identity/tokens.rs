@@ -1,7 +1,7 @@
 //! [`TokenRepo`]: personal access tokens of machine users, stored only as digests.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use flowgate_core::Result;
 use flowgate_core::event::Details;
 use flowgate_core::identity::ports::{NewTokenRecord, TOKEN_NOT_FOUND, TokenOwner, TokenRepo, USER_NOT_FOUND};
@@ -33,7 +33,8 @@ pub(super) async fn insert_token(
         id: token.id.as_str().to_owned(),
         user_id: token.user_id.as_str().to_owned(),
         token_hash: token.token_hash.clone(),
-        expiration: token.expiration,
+        // Microseconds: what PostgreSQL keeps, so the answer equals what is read back later.
+        expiration: token.expiration.map(|e| e.trunc_subsecs(6)),
         created_at: at,
         changed_at: at,
         sequence: db_sequence(sequence)?,

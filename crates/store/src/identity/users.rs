@@ -77,6 +77,7 @@ pub(super) async fn insert_user(
         given_name: String::new(),
         family_name: String::new(),
         display_name: String::new(),
+        display_name_lower: String::new(),
         preferred_language: String::new(),
         email: None,
         email_lower: None,
@@ -119,6 +120,7 @@ fn set_profile(row: &mut users::Model, profile: &Profile) {
     row.given_name.clone_from(&profile.given_name);
     row.family_name.clone_from(&profile.family_name);
     row.display_name.clone_from(&profile.display_name);
+    row.display_name_lower = profile.display_name.to_lowercase();
     row.preferred_language.clone_from(&profile.preferred_language);
 }
 
@@ -276,6 +278,14 @@ fn user_condition(backend: crate::Backend, filters: &[UserFilter]) -> Condition 
             Expr::col(users::Column::Email),
             Expr::col(users::Column::EmailLower),
             email,
+            *method,
+        )),
+        // Machines have an empty display name, which `Contains("")` would match: humans only, explicitly.
+        UserFilter::DisplayName(name, method) => all.add(Expr::col(users::Column::Kind).eq(HUMAN)).add(text_filter(
+            backend,
+            Expr::col(users::Column::DisplayName),
+            Expr::col(users::Column::DisplayNameLower),
+            name,
             *method,
         )),
         UserFilter::Org(org) => all.add(Expr::col(users::Column::OrgId).eq(org.as_str())),

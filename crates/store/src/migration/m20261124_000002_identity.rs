@@ -45,6 +45,7 @@ enum Users {
     GivenName,
     FamilyName,
     DisplayName,
+    DisplayNameLower,
     PreferredLanguage,
     Email,
     EmailLower,
@@ -153,6 +154,7 @@ impl MigrationTrait for Migration {
             .col(text(Users::GivenName).default(""))
             .col(text(Users::FamilyName).default(""))
             .col(text(Users::DisplayName).default(""))
+            .col(text(Users::DisplayNameLower).default(""))
             .col(text(Users::PreferredLanguage).default(""))
             .col(ColumnDef::new(Users::Email).text().null())
             .col(ColumnDef::new(Users::EmailLower).text().null())
