@@ -1,5 +1,6 @@
 //! flowgate's storage: the database connection (SQLite by default, PostgreSQL by URL), the schema
-//! migrations and the event log with the one write helper every mutation goes through.
+//! migrations and the event log with the one write helper every mutation goes through, and the repositories
+//! of the identity core ([`identity::repos`]).
 //!
 //! Every difference between SQLite and PostgreSQL lives in the private `backend` module; the rest of the crate is
 //! written once against sea-orm.

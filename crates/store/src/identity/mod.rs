@@ -12,6 +12,10 @@ mod orgs;
 mod tokens;
 mod users;
 
+pub use orgs::{ORG_DOMAIN_TAKEN, ORG_ID_TAKEN};
+pub use tokens::{TOKEN_HASH_TAKEN, TOKEN_ID_TAKEN};
+pub use users::USER_NOT_HUMAN;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};

@@ -188,28 +188,26 @@ impl OrgRepo for IdentityRepos {
 /// cascades, so the order is the same on both engines and memberships (which have no foreign key to the
 /// org) are included.
 async fn delete_org_rows(txn: &DatabaseTransaction, id: &str) -> Result<(), StateError> {
-    {
-        let users_of_org = Query::select()
-            .column(users::Column::Id)
-            .from(users::Entity)
-            .and_where(Expr::col(users::Column::OrgId).eq(id))
-            .to_owned();
-        tokens::Entity::delete_many()
-            .filter(Expr::col(tokens::Column::UserId).in_subquery(users_of_org.clone()))
-            .exec(txn)
-            .await?;
-        members::Entity::delete_many()
-            .filter(
-                Condition::any()
-                    .add(Expr::col(members::Column::Scope).eq(id))
-                    .add(Expr::col(members::Column::UserId).in_subquery(users_of_org)),
-            )
-            .exec(txn)
-            .await?;
-        users::Entity::delete_many().filter(users::Column::OrgId.eq(id)).exec(txn).await?;
-        orgs::Entity::delete_by_id(id).exec(txn).await?;
-        Ok(())
-    }
+    let users_of_org = Query::select()
+        .column(users::Column::Id)
+        .from(users::Entity)
+        .and_where(Expr::col(users::Column::OrgId).eq(id))
+        .to_owned();
+    tokens::Entity::delete_many()
+        .filter(Expr::col(tokens::Column::UserId).in_subquery(users_of_org.clone()))
+        .exec(txn)
+        .await?;
+    members::Entity::delete_many()
+        .filter(
+            Condition::any()
+                .add(Expr::col(members::Column::Scope).eq(id))
+                .add(Expr::col(members::Column::UserId).in_subquery(users_of_org)),
+        )
+        .exec(txn)
+        .await?;
+    users::Entity::delete_many().filter(users::Column::OrgId.eq(id)).exec(txn).await?;
+    orgs::Entity::delete_by_id(id).exec(txn).await?;
+    Ok(())
 }
 
 #[cfg(test)]

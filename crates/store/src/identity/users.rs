@@ -356,7 +356,6 @@ async fn apply(
     sequence: u64,
     at: DateTime<Utc>,
 ) -> Result<(), StateError> {
-    let mut active = changed(&row, sequence, at)?;
     match change {
         Change::Human(change) => {
             if row.kind != HUMAN {
@@ -376,12 +375,11 @@ async fn apply(
             if let Some(phone) = &change.phone {
                 set_phone(&mut row, phone.as_ref());
             }
-            let mut active = users::ActiveModel::from(row).reset_all();
-            active.changed_at = Set(at);
-            active.sequence = Set(db_sequence(sequence)?);
+            let active = changed(&row, sequence, at)?.reset_all();
             active.update(txn).await.map_err(username_taken)?;
         }
         Change::Password { hash, change_required } => {
+            let mut active = changed(&row, sequence, at)?;
             active.password_hash = Set(Some(hash));
             active.password_change_required = Set(change_required);
             active.password_changed_at = Set(Some(at));
@@ -403,6 +401,7 @@ async fn apply(
             }
         }
         Change::State(change) => {
+            let mut active = changed(&row, sequence, at)?;
             active.state = Set(change.target().as_str().to_owned());
             active.update(txn).await?;
         }
