@@ -16,7 +16,7 @@ use axum::response::Response;
 use flowgate_core::identity::Identity;
 use flowgate_core::identity::authz::{CallContext, Permission};
 use flowgate_gateway::Handler;
-use prost_reflect::{DescriptorPool, Value};
+use prost_reflect::DescriptorPool;
 
 use crate::error::to_status;
 
@@ -52,9 +52,10 @@ pub fn requirement_table(pool: &DescriptorPool) -> Result<HashMap<String, Requir
         for method in service.methods() {
             let path = format!("/{}/{}", service.full_name(), method.name());
             let options = method.options();
-            let declared = match options.get_extension(&ext).as_ref() {
-                Value::String(s) if options.has_extension(&ext) => s.clone(),
-                _ => return Err(format!("{path} declares no (flowgate.api.permission)")),
+            let value = options.get_extension(&ext);
+            let declared = match (options.has_extension(&ext), value.as_str()) {
+                (true, Some(s)) => s.to_owned(),
+                (true, None) | (false, _) => return Err(format!("{path} declares no (flowgate.api.permission)")),
             };
             let requirement = match declared.as_str() {
                 "none" => Requirement::None,
@@ -128,9 +129,11 @@ impl Authorizer {
 
 /// Middleware on the gRPC router (native and gRPC-web): authorizes by path before the service runs.
 pub async fn grpc_middleware(State(auth): State<Authorizer>, mut req: Request, next: Next) -> Response {
-    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (authorization, org, request_id) = (header("authorization"), header("x-zitadel-orgid"), header("x-request-id"));
-    let path = req.uri().path().to_owned();
+    // Owned copies: the request body is not `Sync`, so no borrow of the request may live across an await.
+    let (authorization, org, request_id, path) = {
+        let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (header("authorization"), header("x-zitadel-orgid"), header("x-request-id"), req.uri().path().to_owned())
+    };
     match auth.authorize(&path, authorization.as_deref(), org.as_deref(), request_id.as_deref()).await {
         Ok(ctx) => {
             if let Some(ctx) = ctx {

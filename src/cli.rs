@@ -218,7 +218,9 @@ pub fn main() -> ExitCode {
                 None => None,
                 Some(Ok(d)) => Some(d),
                 Some(Err(v)) => {
-                    eprintln!("flowgate: invalid --expires-in {v:?}: expected a positive duration like 30d, 12h or 90m");
+                    eprintln!(
+                        "flowgate: invalid --expires-in {v:?}: expected a positive duration like 30d, 12h or 90m"
+                    );
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };

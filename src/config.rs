@@ -373,19 +373,37 @@ impl Layers {
             }
             None => "localhost".to_owned(),
         };
-        let ranged = |key: &str, get: fn(&RawConfig) -> Option<u64>, range: std::ops::RangeInclusive<u64>, default: u64| {
-            match self.pick(key, get) {
-                Some((n, src)) if !range.contains(&n) => Err(bad(key, src, format!("{n} is outside {}..={}", range.start(), range.end()))),
-                Some((n, _)) => Ok(n),
-                None => Ok(default),
-            }
-        };
+        let ranged =
+            |key: &str, get: fn(&RawConfig) -> Option<u64>, range: std::ops::RangeInclusive<u64>, default: u64| {
+                match self.pick(key, get) {
+                    Some((n, src)) if !range.contains(&n) => {
+                        Err(bad(key, src, format!("{n} is outside {}..={}", range.start(), range.end())))
+                    }
+                    Some((n, _)) => Ok(n),
+                    None => Ok(default),
+                }
+            };
         let password_hashing = PasswordHashing {
-            memory_kib: u32::try_from(ranged("password_hash_memory_kib", |r| r.password_hash_memory_kib, 1024..=4_194_304, 19_456)?).unwrap_or(19_456),
-            iterations: u32::try_from(ranged("password_hash_iterations", |r| r.password_hash_iterations, 1..=100, 2)?).unwrap_or(2),
-            parallelism: u32::try_from(ranged("password_hash_parallelism", |r| r.password_hash_parallelism, 1..=64, 1)?).unwrap_or(1),
-            workers: usize::try_from(ranged("password_hash_workers", |r| r.password_hash_workers, 0..=1024, 0)?).unwrap_or(0),
-            queue: usize::try_from(ranged("password_hash_queue", |r| r.password_hash_queue, 0..=100_000, 0)?).unwrap_or(0),
+            memory_kib: u32::try_from(ranged(
+                "password_hash_memory_kib",
+                |r| r.password_hash_memory_kib,
+                1024..=4_194_304,
+                19_456,
+            )?)
+            .unwrap_or(19_456),
+            iterations: u32::try_from(ranged("password_hash_iterations", |r| r.password_hash_iterations, 1..=100, 2)?)
+                .unwrap_or(2),
+            parallelism: u32::try_from(ranged(
+                "password_hash_parallelism",
+                |r| r.password_hash_parallelism,
+                1..=64,
+                1,
+            )?)
+            .unwrap_or(1),
+            workers: usize::try_from(ranged("password_hash_workers", |r| r.password_hash_workers, 0..=1024, 0)?)
+                .unwrap_or(0),
+            queue: usize::try_from(ranged("password_hash_queue", |r| r.password_hash_queue, 0..=100_000, 0)?)
+                .unwrap_or(0),
         };
         Ok(Config {
             listen,

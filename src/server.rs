@@ -29,12 +29,18 @@ use tokio_rustls::rustls;
 use tower::ServiceExt as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::api::admin::AdminApi;
+use crate::api::org::OrgApi;
 use crate::api::system::SystemApi;
+use crate::api::user::UserApi;
 use crate::auth::{self, Authorizer};
 use crate::config::{Config, PasswordHashing, TlsFiles};
 use crate::http_metrics::{self, HttpMetrics, PoolGauge};
 use crate::pb;
+use crate::pb::flowgate::admin::v2::administrator_service_server::AdministratorServiceServer;
+use crate::pb::flowgate::org::v2::organization_service_server::OrganizationServiceServer;
 use crate::pb::flowgate::system::v1::system_service_server::SystemServiceServer;
+use crate::pb::flowgate::user::v2::user_service_server::UserServiceServer;
 use crate::request_id;
 
 /// Why the server could not start or stopped.
@@ -115,7 +121,8 @@ fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
 pub async fn create_token(config: &Config, user: &str, expires_in: Option<Duration>) -> Result<(), ServeError> {
     let store = open_store(config).await?;
     let identity = identity(config, &store)?;
-    let (id, token) = identity.create_token_for(user, expires_in).await.map_err(|e| ServeError::Refused(e.to_string()))?;
+    let (id, token) =
+        identity.create_token_for(user, expires_in).await.map_err(|e| ServeError::Refused(e.to_string()))?;
     tracing::info!(token_id = %id, user, "personal access token created");
     println!("{token}");
     Ok(())
@@ -225,7 +232,13 @@ pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Res
     let system = Arc::new(SystemApi::new(facts, store_status));
     let authorizer = Authorizer::new(auth::requirement_table(&pool).map_err(ServeError::Api)?, identity.clone());
     let mut handlers = HashMap::new();
+    let users = Arc::new(UserApi::new(identity.clone()));
+    let orgs = Arc::new(OrgApi::new(identity.clone()));
+    let admins = Arc::new(AdminApi::new(identity.clone()));
     handlers.extend(pb::rest::system_service_handlers(system.clone()));
+    handlers.extend(pb::rest::user_service_handlers(users.clone()));
+    handlers.extend(pb::rest::organization_service_handlers(orgs.clone()));
+    handlers.extend(pb::rest::administrator_service_handlers(admins.clone()));
     // Every REST handler runs behind the same authorization as native gRPC.
     let handlers: HashMap<String, flowgate_gateway::Handler> =
         handlers.into_iter().map(|(path, h)| (path.clone(), authorizer.wrap(path, h))).collect();
@@ -237,6 +250,9 @@ pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Res
     let metrics = Arc::new(HttpMetrics::new(Arc::new(StorePool(store.clone()))));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SystemServiceServer<SystemApi>>().await;
+    health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
+    health_reporter.set_serving::<OrganizationServiceServer<OrgApi>>().await;
+    health_reporter.set_serving::<AdministratorServiceServer<AdminApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -246,10 +262,14 @@ pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Res
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeError::Api(e.to_string()))?;
     let limit = config.body_limit;
     let grpc = tonic::service::Routes::new(SystemServiceServer::from_arc(system).max_decoding_message_size(limit))
+        .add_service(UserServiceServer::from_arc(users).max_decoding_message_size(limit))
+        .add_service(OrganizationServiceServer::from_arc(orgs).max_decoding_message_size(limit))
+        .add_service(AdministratorServiceServer::from_arc(admins).max_decoding_message_size(limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router()
+        .layer(from_fn_with_state(authorizer, auth::grpc_middleware))
         .layer(from_fn_with_state(metrics.clone(), http_metrics::grpc_middleware))
         // gRPC-web answers 400 to any HTTP/1 request that is not gRPC-web, so it wraps only this router.
         .layer(tonic_web::GrpcWebLayer::new());

@@ -1,6 +1,10 @@
 //! Service adapters: protobuf request → core use case → protobuf response. No business rules here.
 
+pub mod admin;
+pub mod convert;
+pub mod org;
 pub mod system;
+pub mod user;
 
 /// The request id the edge attached to this call (always present behind the server's middleware).
 pub(crate) fn request_id<T>(req: &tonic::Request<T>) -> Option<String> {

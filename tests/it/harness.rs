@@ -18,6 +18,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The data directory (SQLite file, generated files), removed when the server is dropped.
     data_dir: tempfile::TempDir,
+    /// The PostgreSQL database of this server, if any.
+    database_url: Option<String>,
+    /// Extra flags, kept for restarts.
+    extra: Vec<String>,
     logs: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
 }
@@ -38,17 +42,35 @@ impl Server {
     /// Starts a server with extra `serve` flags.
     pub async fn start_with(extra: &[&str]) -> Server {
         let data_dir = tempfile::tempdir().expect("tempdir");
+        let database_url = isolated_database().await;
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::spawn(data_dir, database_url, extra).await
+    }
+
+    /// Stops this server (SIGTERM) and starts a new one on the same data directory and database.
+    pub async fn restart(mut self) -> Server {
+        let pid = self.child.id().expect("pid");
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        let database_url = self.database_url.take();
+        let extra = std::mem::take(&mut self.extra);
+        drop(self);
+        Self::spawn(data_dir, database_url, extra).await
+    }
+
+    async fn spawn(data_dir: tempfile::TempDir, database_url: Option<String>, extra: Vec<String>) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowgate"));
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"])
             .arg("--data-dir")
             .arg(data_dir.path())
-            .args(extra)
+            .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(url) = isolated_database().await {
+        if let Some(url) = &database_url {
             cmd.arg("--database-url").arg(url);
         }
         let mut child = cmd.spawn().expect("spawn flowgate");
@@ -77,7 +99,27 @@ impl Server {
             other => panic!("flowgate did not start: {other:?}"),
         };
         let http = reqwest::Client::builder().http1_only().build().expect("http client");
-        Server { child, addr, data_dir: data_dir, logs, http }
+        Server { child, addr, data_dir, database_url, extra, logs, http }
+    }
+
+    /// Everything the database holds, as text: the SQLite files' bytes, or a `pg_dump` of PostgreSQL.
+    pub async fn database_dump(&self) -> String {
+        match &self.database_url {
+            Some(url) => {
+                let out = Command::new("pg_dump").arg("--data-only").arg(url).output().await.expect("pg_dump");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+            None => {
+                let mut text = String::new();
+                for name in ["flowgate.db", "flowgate.db-wal"] {
+                    if let Ok(bytes) = std::fs::read(self.data_dir.path().join(name)) {
+                        text.push_str(&String::from_utf8_lossy(&bytes));
+                    }
+                }
+                text
+            }
+        }
     }
 
     /// `http://addr` + `path`.
@@ -144,6 +186,17 @@ impl Server {
         let response_headers = res.headers().clone();
         let bytes = res.bytes().await.expect("grpc-web body");
         parse_grpc_web(http_status, &response_headers, bytes)
+    }
+}
+
+impl Drop for Server {
+    /// A failing test shows the server's log, which is usually where the reason is.
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(lines) = self.logs.try_lock()
+        {
+            eprintln!("--- flowgate log ({} lines) ---\n{}", lines.len(), lines.join("\n"));
+        }
     }
 }
 

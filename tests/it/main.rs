@@ -2,7 +2,9 @@
 //! over the network, every API scenario over gRPC, gRPC-web and JSON.
 
 mod cli;
+mod client;
 mod edge;
 mod fuzz;
 mod harness;
+mod identity;
 mod system;

@@ -1,0 +1,231 @@
+//! One client, three protocols: every scenario calls `Client::call` with a gRPC path and a typed
+//! request; the client speaks native gRPC, gRPC-web or REST/JSON (finding the REST route in the same
+//! binding table the server uses).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::Code;
+
+use crate::harness::{Protocol, Server};
+
+/// A failed call as seen by the client.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// gRPC code (for JSON: the `code` of the error body).
+    pub code: Code,
+    /// HTTP status (JSON and gRPC-web only).
+    pub http_status: Option<u16>,
+    /// The error message.
+    pub message: String,
+    /// The JSON error body (JSON only).
+    pub body: Option<serde_json::Value>,
+}
+
+/// A caller: protocol, bearer token and optional organization header.
+#[derive(Clone)]
+pub struct Client<'a> {
+    server: &'a Server,
+    /// Protocol used for every call.
+    pub protocol: Protocol,
+    token: Option<String>,
+    org: Option<String>,
+}
+
+fn camel(s: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in s.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl<'a> Client<'a> {
+    /// An anonymous client.
+    pub fn new(server: &'a Server, protocol: Protocol) -> Self {
+        Self { server, protocol, token: None, org: None }
+    }
+
+    /// The same client with a bearer token.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self { token: Some(token.to_owned()), ..self.clone() }
+    }
+
+    /// The same client acting on another organization (`x-zitadel-orgid`).
+    pub fn in_org(&self, org: &str) -> Self {
+        Self { org: Some(org.to_owned()), ..self.clone() }
+    }
+
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = Vec::new();
+        if let Some(t) = &self.token {
+            h.push(("authorization", format!("Bearer {t}")));
+        }
+        if let Some(o) = &self.org {
+            h.push(("x-zitadel-orgid", o.clone()));
+        }
+        h
+    }
+
+    /// Calls `path` (`/pkg.Service/Method`) with `req`.
+    pub async fn call<Req, Resp>(&self, path: &str, req: Req) -> Result<Resp, Failure>
+    where
+        Req: prost::Message + Serialize + Send + Sync + 'static,
+        Resp: prost::Message + DeserializeOwned + Default + Send + Sync + 'static,
+    {
+        match self.protocol {
+            Protocol::Grpc => self.grpc(path, req).await,
+            Protocol::GrpcWeb => self.grpc_web(path, req).await,
+            Protocol::Json => self.json(path, req).await,
+        }
+    }
+
+    async fn grpc<Req, Resp>(&self, path: &str, req: Req) -> Result<Resp, Failure>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.server.channel().await);
+        grpc.ready().await.expect("channel ready");
+        let mut request = tonic::Request::new(req);
+        for (k, v) in self.headers() {
+            request.metadata_mut().insert(k, v.parse().expect("ascii header"));
+        }
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let path = http::uri::PathAndQuery::try_from(path).expect("path");
+        grpc.unary(request, path, codec).await.map(tonic::Response::into_inner).map_err(|s| Failure {
+            code: s.code(),
+            http_status: None,
+            message: s.message().to_owned(),
+            body: None,
+        })
+    }
+
+    async fn grpc_web<Req, Resp>(&self, path: &str, req: Req) -> Result<Resp, Failure>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let mut body = BytesMut::new();
+        let msg = req.encode_to_vec();
+        body.put_u8(0);
+        body.put_u32(u32::try_from(msg.len()).expect("small"));
+        body.put_slice(&msg);
+        let mut request = self
+            .server
+            .http()
+            .post(self.server.url(path))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(body.freeze());
+        for (k, v) in self.headers() {
+            request = request.header(k, v);
+        }
+        let res = request.send().await.expect("grpc-web send");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let mut bytes: Bytes = res.bytes().await.expect("body");
+        let mut message = None;
+        let mut trailers = String::new();
+        while bytes.remaining() >= 5 {
+            let flag = bytes.get_u8();
+            let len = bytes.get_u32() as usize;
+            let frame = bytes.split_to(len.min(bytes.remaining()));
+            if flag & 0x80 != 0 {
+                trailers.push_str(&String::from_utf8_lossy(&frame));
+            } else {
+                message = Some(Resp::decode(frame).expect("decode"));
+            }
+        }
+        let mut fields: Vec<(String, String)> = trailers
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        for key in ["grpc-status", "grpc-message"] {
+            if let Some(v) = headers.get(key).and_then(|v| v.to_str().ok()) {
+                fields.push((key.to_owned(), v.to_owned()));
+            }
+        }
+        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let code = get("grpc-status").and_then(|s| s.parse::<i32>().ok()).unwrap_or(2);
+        if code == 0 {
+            return Ok(message.unwrap_or_default());
+        }
+        let raw = get("grpc-message").unwrap_or_default();
+        let message = percent_encoding::percent_decode_str(&raw).decode_utf8_lossy().into_owned();
+        Err(Failure { code: Code::from_i32(code), http_status: Some(status), message, body: None })
+    }
+
+    async fn json<Req, Resp>(&self, path: &str, req: Req) -> Result<Resp, Failure>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned + Default,
+    {
+        let bindings = flowgate::pb::http_bindings();
+        let binding =
+            bindings.iter().find(|b| b.grpc_path() == path).unwrap_or_else(|| panic!("no REST binding for {path}"));
+        let mut json = serde_json::to_value(&req).expect("pbjson serialize");
+        let object = json.as_object_mut().expect("request is an object");
+        // Fill the template's variables from the request and remove them from the body.
+        let mut url_path = String::new();
+        let mut rest = binding.path.as_str();
+        while let Some(start) = rest.find('{') {
+            url_path.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("closing brace") + start;
+            let var = rest[start + 1..end].split('=').next().expect("name");
+            let key = camel(var);
+            let value = object.remove(&key).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            url_path.push_str(
+                &percent_encoding::utf8_percent_encode(&value, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            );
+            rest = &rest[end + 1..];
+        }
+        url_path.push_str(rest);
+        let method = reqwest::Method::from_bytes(binding.verb.as_bytes()).expect("verb");
+        let mut request = self.server.http().request(method, self.server.url(&url_path));
+        if binding.body.is_empty() {
+            // No body: the remaining scalar fields go into the query string.
+            let mut query = Vec::new();
+            for (k, v) in object.iter() {
+                match v {
+                    serde_json::Value::String(s) => query.push((k.clone(), s.clone())),
+                    serde_json::Value::Bool(b) => query.push((k.clone(), b.to_string())),
+                    serde_json::Value::Number(n) => query.push((k.clone(), n.to_string())),
+                    serde_json::Value::Null | serde_json::Value::Array(_) | serde_json::Value::Object(_) => {}
+                }
+            }
+            request = request.query(&query);
+        } else {
+            request = request.json(&json);
+        }
+        for (k, v) in self.headers() {
+            request = request.header(k, v);
+        }
+        let res = request.send().await.expect("json send");
+        let status = res.status().as_u16();
+        let text = res.text().await.expect("body");
+        if (200..300).contains(&status) {
+            let expected = if binding.success_code == 0 { 200 } else { binding.success_code };
+            assert_eq!(status, expected, "{path}: success code");
+            return Ok(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")));
+        }
+        let body: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} {status}: {e}: {text}"));
+        let code = body["code"].as_i64().and_then(|c| i32::try_from(c).ok()).unwrap_or(2);
+        Err(Failure {
+            code: Code::from_i32(code),
+            http_status: Some(status),
+            message: body["message"].as_str().unwrap_or_default().to_owned(),
+            body: Some(body),
+        })
+    }
+}
