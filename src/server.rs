@@ -159,6 +159,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let app = build_app(&config, store.clone(), identity).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let signal = ShutdownSignal::install()?;
     tracing::info!(
         addr = %addr,
         scheme = if tls.is_some() { "https" } else { "http" },
@@ -166,7 +167,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         schema_version = %schema_version,
         "listening"
     );
-    run(listener, app, tls, config.drain_timeout).await;
+    run(listener, app, tls, config.drain_timeout, signal).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -371,36 +372,54 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM/SIGINT listeners. They are registered before the server says it is listening, so a signal
+/// sent the moment a supervisor sees that line is a graceful stop rather than the default kill.
+struct ShutdownSignal {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 /// Accepts connections (HTTP/1.1 and h2c, or TLS with ALPN) until a signal, then drains.
-async fn run(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, drain_timeout: Duration) {
+async fn run(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    drain_timeout: Duration,
+    signal: ShutdownSignal,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slow clients must not hold connections open indefinitely before sending a request.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(60)));
     let graceful = GracefulShutdown::new();
-    let signal = shutdown_signal();
+    let signal = signal.wait();
     tokio::pin!(signal);
     loop {
         let (stream, peer) = tokio::select! {

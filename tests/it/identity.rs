@@ -372,9 +372,21 @@ async fn machine_tokens_authenticate_and_bad_tokens_are_refused() {
     assert_eq!(pats.result.len(), 2, "the revoked token is gone; two remain");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
-    let mut flipped = token.clone();
-    let last = flipped.pop().expect("non-empty");
-    flipped.push(if last.is_ascii_uppercase() { last.to_ascii_lowercase() } else { last.to_ascii_uppercase() });
+    // Flip the case of the first letter of the secret part (the `fgp_` prefix is fixed).
+    let flipped: String = {
+        let at = token.char_indices().skip(4).find(|(_, c)| c.is_ascii_alphabetic()).map(|(i, _)| i).expect("a letter");
+        token
+            .char_indices()
+            .map(|(i, c)| {
+                if i == at {
+                    if c.is_ascii_uppercase() { c.to_ascii_lowercase() } else { c.to_ascii_uppercase() }
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    assert_ne!(flipped, token);
     let bad_tokens = [
         ("truncated", token[..token.len() - 1].to_owned()),
         ("extended", format!("{token}A")),
