@@ -193,3 +193,49 @@ async fn tls_serves_http2_and_http1_by_alpn() {
     // Plain HTTP on the TLS port is refused rather than answered in the clear.
     assert!(server.http().get(server.url("/v1/system/info")).send().await.is_err());
 }
+
+#[tokio::test]
+async fn body_errors_in_the_zitadel_dialect() {
+    let server = Server::start_with(&["--body-limit", "2048"]).await;
+    let token = server.admin_token();
+    let url = server.url("/v2/users/human");
+    // Unsupported content type on a route with a body.
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let res = server.http().post(&url).bearer_auth(&token).header("content-type", ct).body("username=x").send().await.expect("415");
+        assert_eq!(res.status(), 415, "{ct}");
+        let body: serde_json::Value = res.json().await.expect("json error");
+        assert!(body["code"].is_number() && body["message"].is_string(), "{body}");
+    }
+    // Body over the limit.
+    let big = serde_json::json!({"username": "x".repeat(4096)});
+    let res = server.http().post(&url).bearer_auth(&token).json(&big).send().await.expect("413");
+    assert_eq!(res.status(), 413);
+    let body: serde_json::Value = res.json().await.expect("json error");
+    assert_eq!(body["code"], 8, "{body}");
+    // Malformed JSON names the problem.
+    let res = server
+        .http()
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"username\": ")
+        .send()
+        .await
+        .expect("400");
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.expect("json error");
+    assert_eq!(body["code"], 3);
+    assert!(body["message"].as_str().unwrap_or_default().contains("line"), "{body}");
+    // A field of the wrong type is named.
+    let res = server
+        .http()
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"username": 5, "profile": {"givenName": "a", "familyName": "b"}}))
+        .send()
+        .await
+        .expect("400");
+    assert_eq!(res.status(), 400);
+    let body = res.text().await.expect("text");
+    assert!(body.contains("username"), "{body}");
+}

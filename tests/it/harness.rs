@@ -102,6 +102,16 @@ impl Server {
         Server { child, addr, data_dir, database_url, extra, logs, http }
     }
 
+    /// Runs another `flowgate` command on this server's data directory and database.
+    pub async fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowgate"));
+        cmd.args(args).args(["--log-format", "json"]).arg("--data-dir").arg(self.data_dir.path());
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        cmd.output().await.expect("run flowgate")
+    }
+
     /// Everything the database holds, as text: the SQLite files' bytes, or a `pg_dump` of PostgreSQL.
     pub async fn database_dump(&self) -> String {
         match &self.database_url {

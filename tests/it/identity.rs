@@ -657,3 +657,74 @@ async fn secrets_never_reach_the_database_or_the_logs() {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
 }
+
+#[tokio::test]
+async fn imported_bcrypt_hashes_verify() {
+    let server = Server::start().await;
+    let token = server.admin_token();
+    // bcrypt of "legacy password 1" at cost 4, as another system would export it.
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import crypt,sys; print(crypt.crypt('legacy password 1', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))"])
+        .output();
+    let hash = match out {
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("$2") => {
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        }
+        // A fixed, well-known test vector when the platform's crypt lacks bcrypt.
+        _ => "$2b$04$Ri6lIXpm4sDb.nxk/VRyUOOwuZjPiGIvHKVBMjyr1tPe73S63lnAW".to_owned(),
+    };
+    let plain = if hash.starts_with("$2b$04$Ri6lIXpm4sDb") { "password" } else { "legacy password 1" };
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&token);
+        let mut request = human(&format!("legacy-{protocol:?}").to_lowercase(), None, None);
+        request.password_type = Some(user::add_human_user_request::PasswordType::HashedPassword(user::HashedPassword {
+            hash: hash.clone(),
+            change_required: false,
+        }));
+        let added: user::AddHumanUserResponse = c.call(ADD_HUMAN, request).await.expect("import bcrypt");
+        // The imported hash verifies: changing the password with it as the current one succeeds.
+        let _: user::SetPasswordResponse = c
+            .call(
+                SET_PASSWORD,
+                user::SetPasswordRequest {
+                    user_id: added.user_id.clone(),
+                    new_password: Some(user::Password { password: "a brand new password".into(), change_required: false }),
+                    verification: Some(user::set_password_request::Verification::CurrentPassword(plain.into())),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?}: bcrypt verify: {e:?}"));
+    }
+    // Not a hash at all.
+    let c = Client::new(&server, Protocol::Json).with_token(&token);
+    let mut request = human("bogus-hash", None, None);
+    request.password_type = Some(user::add_human_user_request::PasswordType::HashedPassword(user::HashedPassword {
+        hash: "md5:5f4dcc3b5aa765d61d8327deb882cf99".into(),
+        change_required: false,
+    }));
+    let failure = assert_code(c.call::<_, user::AddHumanUserResponse>(ADD_HUMAN, request).await, Code::InvalidArgument, 400, "md5");
+    assert!(failure.message.contains("hashed_password"), "{}", failure.message);
+}
+
+#[tokio::test]
+async fn admin_create_token_prints_a_working_token() {
+    let server = Server::start().await;
+    let admin = Client::new(&server, Protocol::Json).with_token(&server.admin_token());
+    let orgs: org::ListOrganizationsResponse = admin.call(LIST_ORGS, org::ListOrganizationsRequest::default()).await.expect("orgs");
+    let org_id = orgs.result[0].id.clone();
+    let (machine_id, _) = add_machine_with_token(&admin, "ops-bot", &org_id).await;
+    grant(&admin, &machine_id, None, "IAM_OWNER").await;
+    // Operators run it next to the live server, on the same data directory and database.
+    let out = server.run_cli(&["admin", "create-token", "--user", "ops-bot", "--expires-in", "30d"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let err = server.run_cli(&["admin", "create-token", "--user", "nobody-here"]).await;
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not found"), "{}", String::from_utf8_lossy(&err.stderr));
+    assert!(token.starts_with("fgp_"), "{token}");
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&token);
+        let me: user::GetUserByIdResponse = c.call(GET_USER, user::GetUserByIdRequest { user_id: machine_id.clone() }).await.expect("works");
+        assert_eq!(me.user.expect("user").username, "ops-bot");
+    }
+}
