@@ -14,7 +14,7 @@ use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, D
 use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
-const LATEST_MIGRATION: &str = "m20261124_000002_identity";
+const LATEST_MIGRATION: &str = "m20261124_000003_sessions";
 
 /// One database for one test; removed again when the test passes.
 struct TestDb {
@@ -189,7 +189,10 @@ async fn migrate_is_idempotent(store: &Store) {
     let status: &dyn StoreStatus = store;
     let err = status.schema_version().await.expect_err("nothing applied yet");
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
-    assert_eq!(store.pending_migrations().await.expect("pending"), ["m20261124_000001_event_log", LATEST_MIGRATION]);
+    assert_eq!(
+        store.pending_migrations().await.expect("pending"),
+        ["m20261124_000001_event_log", "m20261124_000002_identity", LATEST_MIGRATION]
+    );
 
     migrated(store).await;
     assert_eq!(store.schema_version().await.expect("version"), LATEST_MIGRATION);

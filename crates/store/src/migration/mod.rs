@@ -7,6 +7,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261124_000001_event_log;
 mod m20261124_000002_identity;
+mod m20261124_000003_sessions;
 
 /// The ordered list of flowgate's migrations.
 #[derive(Debug, Clone, Copy, Default)]
@@ -15,6 +16,10 @@ pub struct Migrator;
 impl MigratorTrait for Migrator {
     /// Every migration, oldest first.
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_event_log::Migration), Box::new(m20261124_000002_identity::Migration)]
+        vec![
+            Box::new(m20261124_000001_event_log::Migration),
+            Box::new(m20261124_000002_identity::Migration),
+            Box::new(m20261124_000003_sessions::Migration),
+        ]
     }
 }

@@ -1,0 +1,196 @@
+//! Sessions: the sessions themselves, their one-time-code challenges, users' TOTP registrations and the
+//! lockout counters on `users`.
+
+use sea_orm_migration::prelude::*;
+
+pub(super) struct Migration;
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        "m20261124_000003_sessions"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Sessions {
+    Table,
+    Id,
+    Creator,
+    UserId,
+    UserCheckedAt,
+    PasswordCheckedAt,
+    TotpCheckedAt,
+    OtpSmsCheckedAt,
+    OtpEmailCheckedAt,
+    IntentCheckedAt,
+    TokenHash,
+    Metadata,
+    UserAgent,
+    FingerprintId,
+    Expiration,
+    TerminatedAt,
+    CreatedAt,
+    ChangedAt,
+    Sequence,
+}
+
+#[derive(DeriveIden)]
+enum OtpChallenges {
+    Table,
+    SessionId,
+    Kind,
+    CodeHash,
+    ExpiresAt,
+    UsedAt,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum UserTotp {
+    Table,
+    UserId,
+    Secret,
+    Verified,
+    CreatedAt,
+    VerifiedAt,
+}
+
+#[derive(DeriveIden)]
+enum Users {
+    Table,
+    Id,
+    FailedPasswordAttempts,
+    FailedOtpAttempts,
+}
+
+fn text(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col).text().not_null().to_owned()
+}
+
+fn at(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col).timestamp_with_time_zone().not_null().to_owned()
+}
+
+fn at_or_null(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col).timestamp_with_time_zone().null().to_owned()
+}
+
+fn counter(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col).integer().not_null().default(0).to_owned()
+}
+
+fn sessions_index(name: &str, col: Sessions) -> IndexCreateStatement {
+    Index::create().name(name).table(Sessions::Table).col(col).to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // No foreign key on `user_id`: a session outlives the removal of its user as a terminated record,
+        // and the removal terminates it through the lifecycle hook, which needs the row still there.
+        manager
+            .create_table(
+                Table::create()
+                    .table(Sessions::Table)
+                    .col(text(Sessions::Id).primary_key())
+                    .col(text(Sessions::Creator))
+                    .col(ColumnDef::new(Sessions::UserId).text().null())
+                    .col(at_or_null(Sessions::UserCheckedAt))
+                    .col(at_or_null(Sessions::PasswordCheckedAt))
+                    .col(at_or_null(Sessions::TotpCheckedAt))
+                    .col(at_or_null(Sessions::OtpSmsCheckedAt))
+                    .col(at_or_null(Sessions::OtpEmailCheckedAt))
+                    .col(at_or_null(Sessions::IntentCheckedAt))
+                    // SHA-256 of the current token; replaced on every change, so the old token stops matching
+                    // in the same commit. Unique: a lookup by digest finds one session or none.
+                    .col(text(Sessions::TokenHash))
+                    .col(ColumnDef::new(Sessions::Metadata).json_binary().not_null())
+                    .col(ColumnDef::new(Sessions::UserAgent).json_binary().null())
+                    // Copied out of `user_agent` so that the fingerprint filter can use an index.
+                    .col(ColumnDef::new(Sessions::FingerprintId).text().null())
+                    .col(at_or_null(Sessions::Expiration))
+                    .col(at_or_null(Sessions::TerminatedAt))
+                    .col(at(Sessions::CreatedAt))
+                    .col(at(Sessions::ChangedAt))
+                    .col(ColumnDef::new(Sessions::Sequence).big_integer().not_null())
+                    .index(Index::create().name("sessions_token_hash_key").col(Sessions::TokenHash).unique())
+                    .to_owned(),
+            )
+            .await?;
+        manager.create_index(sessions_index("sessions_user_id_idx", Sessions::UserId)).await?;
+        manager.create_index(sessions_index("sessions_fingerprint_id_idx", Sessions::FingerprintId)).await?;
+        manager.create_index(sessions_index("sessions_expiration_idx", Sessions::Expiration)).await?;
+        manager.create_index(sessions_index("sessions_created_at_idx", Sessions::CreatedAt)).await?;
+
+        // One open challenge per session and kind: a new challenge replaces the old one (and its code).
+        manager
+            .create_table(
+                Table::create()
+                    .table(OtpChallenges::Table)
+                    .col(text(OtpChallenges::SessionId))
+                    .col(text(OtpChallenges::Kind).check(Expr::col(OtpChallenges::Kind).is_in(["sms", "email"])))
+                    .col(text(OtpChallenges::CodeHash))
+                    .col(at(OtpChallenges::ExpiresAt))
+                    .col(at_or_null(OtpChallenges::UsedAt))
+                    .col(at(OtpChallenges::CreatedAt))
+                    .primary_key(
+                        Index::create()
+                            .name("otp_challenges_pkey")
+                            .col(OtpChallenges::SessionId)
+                            .col(OtpChallenges::Kind),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("otp_challenges_session_id_fkey")
+                            .from(OtpChallenges::Table, OtpChallenges::SessionId)
+                            .to(Sessions::Table, Sessions::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        // The secret is stored as registered (see the session contract: encrypted once a key exists) and
+        // never returned after the registration call.
+        manager
+            .create_table(
+                Table::create()
+                    .table(UserTotp::Table)
+                    .col(text(UserTotp::UserId).primary_key())
+                    .col(text(UserTotp::Secret))
+                    .col(ColumnDef::new(UserTotp::Verified).boolean().not_null().default(false))
+                    .col(at(UserTotp::CreatedAt))
+                    .col(at_or_null(UserTotp::VerifiedAt))
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("user_totp_user_id_fkey")
+                            .from(UserTotp::Table, UserTotp::UserId)
+                            .to(Users::Table, Users::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        // Counters live with the user so that counting and locking touch one row, changed only by
+        // conditional increments. SQLite takes one column per ALTER TABLE.
+        for column in [Users::FailedPasswordAttempts, Users::FailedOtpAttempts] {
+            manager.alter_table(Table::alter().table(Users::Table).add_column(counter(column)).to_owned()).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for column in [Users::FailedOtpAttempts, Users::FailedPasswordAttempts] {
+            manager.alter_table(Table::alter().table(Users::Table).drop_column(column).to_owned()).await?;
+        }
+        for table in [UserTotp::Table.into_iden(), OtpChallenges::Table.into_iden(), Sessions::Table.into_iden()] {
+            manager.drop_table(Table::drop().table(table).to_owned()).await?;
+        }
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
