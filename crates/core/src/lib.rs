@@ -6,6 +6,7 @@
 pub mod error;
 pub mod event;
 pub mod identity;
+pub mod session;
 pub mod system;
 
 pub use error::{Error, ErrorKind, FieldViolation, Result};
