@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::event::Details;
 use crate::identity::{OrgId, UserId};
@@ -237,8 +235,9 @@ pub struct SessionChange {
     pub metadata: BTreeMap<String, Vec<u8>>,
     /// Challenges to create.
     pub challenges: ChallengeRequest,
-    /// New lifetime (> 0), counted from this change; `None` = unchanged.
-    pub lifetime: Option<Duration>,
+    /// New lifetime, counted from this change; `None` = unchanged. Zero or negative ⇒ InvalidArgument
+    /// `lifetime` (a signed type so the edge can pass wire durations through unchanged).
+    pub lifetime: Option<TimeDelta>,
 }
 
 /// A session list filter; all filters of a list are ANDed.
