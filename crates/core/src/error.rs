@@ -1,6 +1,7 @@
 //! The one error type every use case returns.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Transport-neutral classification of a failure; the edge maps each kind to exactly one gRPC code.
@@ -44,6 +45,7 @@ pub struct Error {
     id: Cow<'static, str>,
     message: String,
     violations: Vec<FieldViolation>,
+    metadata: BTreeMap<String, String>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -53,7 +55,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a stable `id` and a human-readable `message`.
     pub fn new(kind: ErrorKind, id: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { kind, id: id.into(), message: message.into(), violations: Vec::new(), source: None }
+        Self {
+            kind,
+            id: id.into(),
+            message: message.into(),
+            violations: Vec::new(),
+            metadata: BTreeMap::new(),
+            source: None,
+        }
     }
 
     /// An InvalidArgument error naming one field.
@@ -94,6 +103,14 @@ impl Error {
         self
     }
 
+    /// Adds a machine-readable detail for clients (e.g. `failed_attempts`); the edge puts these into
+    /// `google.rpc.ErrorInfo.metadata`.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl fmt::Display) -> Self {
+        self.metadata.insert(key.into(), value.to_string());
+        self
+    }
+
     /// Attaches the underlying cause (kept for logs only).
     #[must_use]
     pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
@@ -119,6 +136,11 @@ impl Error {
     /// The invalid fields, if any.
     pub fn violations(&self) -> &[FieldViolation] {
         &self.violations
+    }
+
+    /// Machine-readable details for clients (key → value), if any.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 }
 
