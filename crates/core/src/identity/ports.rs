@@ -348,6 +348,14 @@ pub trait UserLifecycleHook: Send + Sync {
     }
 }
 
+/// Resolves session tokens (`fgs_…`) used as bearer tokens; implemented by the session use cases.
+#[async_trait]
+pub trait SessionTokenResolver: Send + Sync {
+    /// The checked user of the unexpired, non-terminated session whose token is `token`; `None` for any
+    /// other token. The caller still checks that the user and its org are active.
+    async fn user_for_session_token(&self, token: &str) -> Result<Option<UserId>>;
+}
+
 /// A hook that does nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoopLifecycleHook;

@@ -11,6 +11,7 @@ use super::model::{
     Profile, Role, TokenId, User, UserFilter, UserId, UserSort, UserState, org_primary_domain,
 };
 use super::password::{HashingConfig, PasswordHasher, PasswordPolicy, is_importable_hash};
+use super::ports::SessionTokenResolver;
 use super::ports::{
     BootstrapRecord, Clock, HumanChange, IdGenerator, ListQuery, NewOrgRecord, NewTokenRecord, NewUserKind,
     NewUserRecord, NoopLifecycleHook, ORG_NOT_FOUND, OrgStateChange, Repos, SYSTEM_ACTOR, USER_NOT_FOUND,
@@ -19,6 +20,7 @@ use super::ports::{
 use super::token::{bearer_token, generate_pat, is_well_formed_pat, token_hash};
 use super::validate::{self, MAX_DESCRIPTION, MAX_TEXT, Violations};
 use crate::event::Details;
+use crate::session::token::SESSION_TOKEN_PREFIX;
 use crate::{Error, ErrorKind, Result};
 
 /// Error id: Unauthenticated, the bearer token is missing, malformed, unknown, expired or its owner disabled.
@@ -162,6 +164,7 @@ struct Inner {
 pub struct Identity {
     inner: Arc<Inner>,
     hook: Arc<dyn UserLifecycleHook>,
+    session_tokens: Option<Arc<dyn SessionTokenResolver>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -213,7 +216,11 @@ impl Identity {
     /// The use cases over `repos`; fails when the hashing parameters are invalid.
     pub fn new(config: IdentityConfig, repos: Repos, clock: Arc<dyn Clock>, ids: Arc<dyn IdGenerator>) -> Result<Self> {
         let hasher = PasswordHasher::new(&config.hashing)?;
-        Ok(Self { inner: Arc::new(Inner { config, repos, clock, ids, hasher }), hook: Arc::new(NoopLifecycleHook) })
+        Ok(Self {
+            inner: Arc::new(Inner { config, repos, clock, ids, hasher }),
+            hook: Arc::new(NoopLifecycleHook),
+            session_tokens: None,
+        })
     }
 
     /// The same use cases, telling `hook` whenever a user is deactivated, locked or deleted.
@@ -241,7 +248,13 @@ impl Identity {
     /// Resolves the caller from an `Authorization` header value. Missing, malformed, unknown, expired,
     /// revoked or owner/org-inactive ⇒ Unauthenticated [`AUTH_TOKEN_INVALID`] (one answer for all).
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
-        let token = authorization.and_then(bearer_token).filter(|t| is_well_formed_pat(t)).ok_or_else(token_invalid)?;
+        let token = authorization.and_then(bearer_token).ok_or_else(token_invalid)?;
+        if token.starts_with(SESSION_TOKEN_PREFIX) {
+            return self.authenticate_session_token(token).await;
+        }
+        if !is_well_formed_pat(token) {
+            return Err(token_invalid());
+        }
         let owner = self.repos().tokens.find_by_hash(&token_hash(token)).await?.ok_or_else(token_invalid)?;
         let now = self.inner.clock.now();
         let expired = owner.token.expiration.is_some_and(|at| at <= now);
@@ -841,5 +854,70 @@ impl Identity {
         let q = validate::list_query(q)?;
         self.require_scope(ctx, Permission::MemberRead, &scope)?;
         self.repos().members.list(&scope, &q).await
+    }
+}
+
+// ---------------------------------------------------------------- support for the session use cases
+
+impl Identity {
+    /// The same use cases, also accepting session tokens (`fgs_…`) as bearer tokens through `resolver`.
+    #[must_use]
+    pub fn with_session_tokens(mut self, resolver: Arc<dyn SessionTokenResolver>) -> Self {
+        self.session_tokens = Some(resolver);
+        self
+    }
+
+    /// The caller behind a session token: its session must be valid and its user and org active.
+    async fn authenticate_session_token(&self, token: &str) -> Result<Principal> {
+        let resolver = self.session_tokens.as_ref().ok_or_else(token_invalid)?;
+        let user_id = resolver.user_for_session_token(token).await?.ok_or_else(token_invalid)?;
+        let user = self.find_active_user(&user_id).await?.ok_or_else(token_invalid)?;
+        self.principal_of(user.id, user.org_id).await
+    }
+
+    /// The user with `id` without a permission check (for trusted use cases such as session checks).
+    pub async fn find_user(&self, id: &UserId) -> Result<Option<User>> {
+        self.repos().users.get(id).await
+    }
+
+    /// The user with the login name `login_name` (ignoring case), without a permission check.
+    pub async fn find_user_by_login_name(&self, login_name: &str) -> Result<Option<User>> {
+        self.repos().users.find_by_login_name(login_name).await
+    }
+
+    /// The user with `id` when it and its org are active; `None` otherwise.
+    pub async fn find_active_user(&self, id: &UserId) -> Result<Option<User>> {
+        let Some(user) = self.find_user(id).await? else {
+            return Ok(None);
+        };
+        self.active(user).await
+    }
+
+    /// `user` when it and its org are active; `None` otherwise.
+    pub async fn active(&self, user: User) -> Result<Option<User>> {
+        if user.state != UserState::Active {
+            return Ok(None);
+        }
+        let org_active = self.repos().orgs.get(&user.org_id).await?.is_some_and(|o| o.state == OrgState::Active);
+        Ok(org_active.then_some(user))
+    }
+
+    /// Locks an active user after too many failed attempts (event `user.locked`, creator [`SYSTEM_ACTOR`])
+    /// and tells the lifecycle hook; answers whether it locked (false: not active any more, or gone).
+    pub async fn lock_after_failed_attempts(&self, id: &UserId) -> Result<bool> {
+        let Some(user) = self.find_user(id).await? else {
+            return Ok(false);
+        };
+        if user.state != UserState::Active {
+            return Ok(false);
+        }
+        match self.repos().users.set_state(id, UserStateChange::Lock, SYSTEM_ACTOR).await {
+            Ok(_) => {}
+            // Deleted concurrently: nothing left to lock.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.hook.on_user_disabled(id).await?;
+        Ok(true)
     }
 }

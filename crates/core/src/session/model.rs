@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::event::Details;
