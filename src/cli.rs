@@ -140,6 +140,12 @@ struct Flags {
     /// Password hashes allowed to wait; 0 = four per worker [default: 0].
     #[arg(long, value_name = "N")]
     password_hash_queue: Option<u64>,
+    /// OpenID issuer whose JWTs are accepted as bearer tokens, e.g. https://login.example.com.
+    #[arg(long, value_name = "URL")]
+    jwt_issuer: Option<String>,
+    /// Audience (`aud`) the issuer's JWTs must carry; required with --jwt-issuer.
+    #[arg(long, value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
 }
 
 impl Flags {
@@ -165,6 +171,8 @@ impl Flags {
             password_hash_parallelism,
             password_hash_workers,
             password_hash_queue,
+            jwt_issuer,
+            jwt_audience,
         } = self;
         let raw = RawConfig {
             listen,
@@ -185,6 +193,8 @@ impl Flags {
             password_hash_parallelism,
             password_hash_workers,
             password_hash_queue,
+            jwt_issuer,
+            jwt_audience,
         };
         (config, raw)
     }

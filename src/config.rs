@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flowgate_gateway::IpNet;
+use flowgate_idp::IssuerUrl;
 use serde::Deserialize;
 
 /// Log line format.
@@ -27,6 +28,15 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
+}
+
+/// The external OpenID issuer whose JWTs are accepted as bearer tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIssuer {
+    /// Issuer identifier; tokens' `iss` must equal it, its keys are discovered below it.
+    pub issuer: IssuerUrl,
+    /// Audience tokens must be issued for (`aud`).
+    pub audience: String,
 }
 
 /// The validated configuration of a flowgate process.
@@ -58,6 +68,8 @@ pub struct Config {
     pub external_domain: String,
     /// Password hashing cost and pool size.
     pub password_hashing: PasswordHashing,
+    /// External JWT issuer; `None` accepts personal access tokens only.
+    pub jwt: Option<JwtIssuer>,
 }
 
 /// argon2id cost and the bounded hashing pool.
@@ -151,6 +163,10 @@ pub struct RawConfig {
     pub password_hash_workers: Option<u64>,
     /// See [`PasswordHashing::queue`].
     pub password_hash_queue: Option<u64>,
+    /// See [`JwtIssuer::issuer`].
+    pub jwt_issuer: Option<String>,
+    /// See [`JwtIssuer::audience`].
+    pub jwt_audience: Option<String>,
 }
 
 /// Reads a TOML file into raw values; unknown keys and wrong types are errors naming the key.
@@ -220,6 +236,8 @@ pub fn read_env(env: &HashMap<String, String>) -> Result<RawConfig, ConfigError>
         password_hash_parallelism: number("password_hash_parallelism", "FLOWGATE_PASSWORD_HASH_PARALLELISM")?,
         password_hash_workers: number("password_hash_workers", "FLOWGATE_PASSWORD_HASH_WORKERS")?,
         password_hash_queue: number("password_hash_queue", "FLOWGATE_PASSWORD_HASH_QUEUE")?,
+        jwt_issuer: get("FLOWGATE_JWT_ISSUER"),
+        jwt_audience: get("FLOWGATE_JWT_AUDIENCE"),
     })
 }
 
@@ -405,6 +423,29 @@ impl Layers {
             queue: usize::try_from(ranged("password_hash_queue", |r| r.password_hash_queue, 0..=100_000, 0)?)
                 .unwrap_or(0),
         };
+        let jwt = match (
+            self.pick("jwt_issuer", |r| r.jwt_issuer.clone()),
+            self.pick("jwt_audience", |r| r.jwt_audience.clone()),
+        ) {
+            (None, None) => None,
+            (Some((issuer, issuer_src)), Some((audience, audience_src))) => {
+                let issuer = IssuerUrl::parse(&issuer).map_err(|m| bad("jwt_issuer", issuer_src, m))?;
+                if audience.trim().is_empty() || audience.trim() != audience {
+                    return Err(bad(
+                        "jwt_audience",
+                        audience_src,
+                        format!("{audience:?} must be non-empty without surrounding whitespace"),
+                    ));
+                }
+                Some(JwtIssuer { issuer, audience })
+            }
+            (Some((_, src)), None) => {
+                return Err(bad("jwt_audience", src, "jwt_issuer is set but jwt_audience is not".to_owned()));
+            }
+            (None, Some((_, src))) => {
+                return Err(bad("jwt_issuer", src, "jwt_audience is set but jwt_issuer is not".to_owned()));
+            }
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -419,6 +460,7 @@ impl Layers {
             drain_timeout,
             external_domain,
             password_hashing,
+            jwt,
         })
     }
 }
@@ -515,6 +557,41 @@ mod tests {
         assert!(err.to_string().contains("listen_port"), "{err}");
         std::fs::write(&path, "body_limit = \"x\"\n").expect("write");
         assert_eq!(read_file(&path).expect_err("wrong type").key, "body_limit");
+    }
+
+    #[test]
+    fn jwt_issuer_needs_an_audience_and_a_safe_url() {
+        let layers = Layers {
+            env: read_env(&env(&[
+                ("FLOWGATE_JWT_ISSUER", "https://login.example.com/realms/main"),
+                ("FLOWGATE_JWT_AUDIENCE", "flowgate"),
+            ]))
+            .expect("env"),
+            ..Default::default()
+        };
+        let jwt = layers.resolve().expect("valid").jwt.expect("issuer configured");
+        assert_eq!(jwt.issuer.as_str(), "https://login.example.com/realms/main");
+        assert_eq!(jwt.audience, "flowgate");
+        assert!(Layers::default().resolve().expect("defaults").jwt.is_none());
+
+        let flags = |issuer: Option<&str>, audience: Option<&str>| Layers {
+            flags: RawConfig {
+                jwt_issuer: issuer.map(str::to_owned),
+                jwt_audience: audience.map(str::to_owned),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = flags(Some("https://login.example.com"), None).resolve().expect_err("no audience");
+        assert_eq!((err.key.as_str(), err.origin), ("jwt_audience", Source::Flag("--jwt-issuer".into())));
+        let err = flags(None, Some("flowgate")).resolve().expect_err("no issuer");
+        assert_eq!((err.key.as_str(), err.origin), ("jwt_issuer", Source::Flag("--jwt-audience".into())));
+        for issuer in ["http://login.example.com", "ftp://x", "not a url", "https://a.example?x=1"] {
+            let err = flags(Some(issuer), Some("flowgate")).resolve().expect_err(issuer);
+            assert_eq!(err.key, "jwt_issuer", "{issuer}");
+        }
+        assert!(flags(Some("http://127.0.0.1:9000"), Some("flowgate")).resolve().is_ok(), "loopback http is allowed");
+        assert_eq!(flags(Some("https://a.example"), Some(" ")).resolve().expect_err("blank").key, "jwt_audience");
     }
 
     #[test]

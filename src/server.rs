@@ -18,6 +18,7 @@ use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
 use flowgate_core::identity::{Identity, IdentityConfig};
 use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
 use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
+use flowgate_idp::{JwtSettings, JwtVerifier};
 use flowgate_store::{Store, StoreConfig};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -34,7 +35,7 @@ use crate::api::org::OrgApi;
 use crate::api::system::SystemApi;
 use crate::api::user::UserApi;
 use crate::auth::{self, Authorizer};
-use crate::config::{Config, PasswordHashing, TlsFiles};
+use crate::config::{Config, JwtIssuer, PasswordHashing, TlsFiles};
 use crate::http_metrics::{self, HttpMetrics, PoolGauge};
 use crate::pb;
 use crate::pb::flowgate::admin::v2::administrator_service_server::AdministratorServiceServer;
@@ -71,8 +72,21 @@ fn identity(config: &Config, store: &Store) -> Result<Identity, ServeError> {
         password_policy: PasswordPolicy::default(),
         hashing: HashingConfig { memory_kib, iterations, parallelism, workers, queue },
     };
-    Identity::new(identity_config, flowgate_store::identity::repos(store), Arc::new(SystemClock), Arc::new(UuidV7Ids))
-        .map_err(|e| ServeError::Config(format!("password hashing: {e}")))
+    let identity = Identity::new(
+        identity_config,
+        flowgate_store::identity::repos(store),
+        Arc::new(SystemClock),
+        Arc::new(UuidV7Ids),
+    )
+    .map_err(|e| ServeError::Config(format!("password hashing: {e}")))?;
+    let Some(JwtIssuer { issuer, audience }) = &config.jwt else {
+        return Ok(identity);
+    };
+    // Nothing is fetched here: the issuer's keys are discovered when the first JWT arrives, so an issuer
+    // that is down at start-up costs only its own tokens, never the server.
+    let verifier = JwtVerifier::new(JwtSettings::new(issuer.clone(), audience.clone()))
+        .map_err(|e| ServeError::Config(format!("jwt_issuer: {e}")))?;
+    Ok(identity.with_external_verifier(Arc::new(verifier)))
 }
 
 /// Creates the instance on first start and hands the admin token to the operator through a file only

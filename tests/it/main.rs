@@ -7,4 +7,5 @@ mod edge;
 mod fuzz;
 mod harness;
 mod identity;
+mod jwt;
 mod system;

@@ -361,3 +361,11 @@ pub trait SessionTokenResolver: Send + Sync {
 pub struct NoopLifecycleHook;
 
 impl UserLifecycleHook for NoopLifecycleHook {}
+
+/// Checks bearer tokens issued outside flowgate (e.g. JWTs of an OpenID provider); implemented outside the core.
+#[async_trait]
+pub trait ExternalTokenVerifier: Send + Sync {
+    /// The subject (a flowgate user id) of a valid `token`; `None` for any invalid one, including when the
+    /// issuer cannot be reached. `Err` is reserved for faults of the verifier itself.
+    async fn verify(&self, token: &str) -> Result<Option<String>>;
+}

@@ -13,11 +13,11 @@ use super::model::{
 use super::password::{HashingConfig, PasswordHasher, PasswordPolicy, is_importable_hash};
 use super::ports::SessionTokenResolver;
 use super::ports::{
-    BootstrapRecord, Clock, HumanChange, IdGenerator, ListQuery, NewOrgRecord, NewTokenRecord, NewUserKind,
-    NewUserRecord, NoopLifecycleHook, ORG_NOT_FOUND, OrgStateChange, Repos, SYSTEM_ACTOR, USER_NOT_FOUND,
+    BootstrapRecord, Clock, ExternalTokenVerifier, HumanChange, IdGenerator, ListQuery, NewOrgRecord, NewTokenRecord,
+    NewUserKind, NewUserRecord, NoopLifecycleHook, ORG_NOT_FOUND, OrgStateChange, Repos, SYSTEM_ACTOR, USER_NOT_FOUND,
     UserLifecycleHook, UserStateChange,
 };
-use super::token::{bearer_token, generate_pat, is_well_formed_pat, token_hash};
+use super::token::{PAT_PREFIX, bearer_token, generate_pat, is_well_formed_pat, token_hash};
 use super::validate::{self, MAX_DESCRIPTION, MAX_TEXT, Violations};
 use crate::event::Details;
 use crate::session::token::SESSION_TOKEN_PREFIX;
@@ -164,6 +164,7 @@ struct Inner {
 pub struct Identity {
     inner: Arc<Inner>,
     hook: Arc<dyn UserLifecycleHook>,
+    external: Option<Arc<dyn ExternalTokenVerifier>>,
     session_tokens: Option<Arc<dyn SessionTokenResolver>>,
 }
 
@@ -219,6 +220,7 @@ impl Identity {
         Ok(Self {
             inner: Arc::new(Inner { config, repos, clock, ids, hasher }),
             hook: Arc::new(NoopLifecycleHook),
+            external: None,
             session_tokens: None,
         })
     }
@@ -227,6 +229,13 @@ impl Identity {
     #[must_use]
     pub fn with_lifecycle_hook(mut self, hook: Arc<dyn UserLifecycleHook>) -> Self {
         self.hook = hook;
+        self
+    }
+
+    /// The same use cases, also accepting bearer tokens of an external issuer that `verifier` checks.
+    #[must_use]
+    pub fn with_external_verifier(mut self, verifier: Arc<dyn ExternalTokenVerifier>) -> Self {
+        self.external = Some(verifier);
         self
     }
 
@@ -245,12 +254,20 @@ impl Identity {
 
     // ---------------------------------------------------------------- authentication
 
-    /// Resolves the caller from an `Authorization` header value. Missing, malformed, unknown, expired,
-    /// revoked or owner/org-inactive ⇒ Unauthenticated [`AUTH_TOKEN_INVALID`] (one answer for all).
+    /// Resolves the caller from an `Authorization` header value: a personal access token, or (when an
+    /// external verifier is set) a JWT of the external issuer whose subject is a flowgate user id. Missing,
+    /// malformed, unknown, expired, revoked or owner/org-inactive ⇒ Unauthenticated [`AUTH_TOKEN_INVALID`]
+    /// (one answer for all, whichever kind of token it was).
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
         let token = authorization.and_then(bearer_token).ok_or_else(token_invalid)?;
         if token.starts_with(SESSION_TOKEN_PREFIX) {
             return self.authenticate_session_token(token).await;
+        }
+        if !token.starts_with(PAT_PREFIX)
+            && token.bytes().filter(|b| *b == b'.').count() == 2
+            && let Some(verifier) = &self.external
+        {
+            return self.authenticate_external(verifier.as_ref(), token).await;
         }
         if !is_well_formed_pat(token) {
             return Err(token_invalid());
@@ -262,6 +279,13 @@ impl Identity {
             return Err(token_invalid());
         }
         self.principal_of(owner.user.id, owner.user.org_id).await
+    }
+
+    /// The caller named by the subject of an external token; the user and its org must be active, as for PATs.
+    async fn authenticate_external(&self, verifier: &dyn ExternalTokenVerifier, token: &str) -> Result<Principal> {
+        let subject = verifier.verify(token).await?.ok_or_else(token_invalid)?;
+        let user = self.find_active_user(&UserId::from(subject)).await?.ok_or_else(token_invalid)?;
+        self.principal_of(user.id, user.org_id).await
     }
 
     /// The principal of `user` in `org` with its current roles.
