@@ -1,6 +1,6 @@
 //! flowgate's storage: the database connection (SQLite by default, PostgreSQL by URL), the schema
 //! migrations and the event log with the one write helper every mutation goes through, and the repositories
-//! of the identity core ([`identity::repos`]).
+//! of the identity core ([`identity::repos`]) and of sessions ([`session::repos`]).
 //!
 //! Every difference between SQLite and PostgreSQL lives in the private `backend` module; the rest of the crate is
 //! written once against sea-orm.
@@ -11,6 +11,7 @@ mod error;
 mod event_log;
 pub mod identity;
 pub mod migration;
+pub mod session;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

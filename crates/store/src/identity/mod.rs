@@ -5,12 +5,12 @@
 //! matters under concurrency (usernames, org names, token hashes, the instance row) is left to unique
 //! indexes and their violations are translated here into errors that name the field.
 
-mod entity;
+pub(crate) mod entity;
 mod instance;
 mod members;
 mod orgs;
 mod tokens;
-mod users;
+pub(crate) mod users;
 
 pub use orgs::{ORG_DOMAIN_TAKEN, ORG_ID_TAKEN};
 pub use tokens::{TOKEN_HASH_TAKEN, TOKEN_ID_TAKEN};
@@ -33,7 +33,7 @@ use crate::store::Store;
 /// Aggregate type of organizations.
 const ORG: &str = "org";
 /// Aggregate type of users (their tokens' events belong to them too).
-const USER: &str = "user";
+pub(crate) const USER: &str = "user";
 /// Aggregate type and id of the instance.
 const INSTANCE: &str = "instance";
 
@@ -63,7 +63,7 @@ pub fn repos(store: &Store) -> Repos {
 
 /// A write of `events` on aggregate (`kind`, `id`) owned by `owner`, by `actor`, serialized with any
 /// concurrent writer of the same aggregate (no expected sequence: the state closure re-checks what it needs).
-fn intent(kind: &str, id: &str, owner: &str, actor: &str, events: Vec<NewEvent>) -> WriteIntent {
+pub(crate) fn intent(kind: &str, id: &str, owner: &str, actor: &str, events: Vec<NewEvent>) -> WriteIntent {
     WriteIntent {
         aggregate: aggregate(kind, id),
         resource_owner: owner.to_owned(),
@@ -73,21 +73,21 @@ fn intent(kind: &str, id: &str, owner: &str, actor: &str, events: Vec<NewEvent>)
     }
 }
 
-fn aggregate(kind: &str, id: &str) -> AggregateRef {
+pub(crate) fn aggregate(kind: &str, id: &str) -> AggregateRef {
     AggregateRef { aggregate_type: kind.to_owned(), aggregate_id: id.to_owned() }
 }
 
-fn event(event_type: &str, payload: serde_json::Value) -> NewEvent {
+pub(crate) fn event(event_type: &str, payload: serde_json::Value) -> NewEvent {
     NewEvent { event_type: event_type.to_owned(), payload }
 }
 
 /// A sequence as stored (`BIGINT`).
-fn db_sequence(sequence: u64) -> Result<i64, Error> {
+pub(crate) fn db_sequence(sequence: u64) -> Result<i64, Error> {
     i64::try_from(sequence).map_err(|_| Error::internal("STORE-sequence-overflow", "sequence overflow"))
 }
 
 /// Details of a row that carries its own change metadata.
-fn row_details(
+pub(crate) fn row_details(
     created_at: DateTime<Utc>,
     changed_at: DateTime<Utc>,
     sequence: i64,
@@ -99,22 +99,22 @@ fn row_details(
 }
 
 /// A stored value that no longer parses: the row was written by something else than this code.
-fn corrupt(what: &str, value: &str) -> Error {
+pub(crate) fn corrupt(what: &str, value: &str) -> Error {
     Error::internal("STORE-corrupt-row", format!("unexpected {what} {value:?}"))
 }
 
-fn not_found(id: &'static str, message: &str) -> Error {
+pub(crate) fn not_found(id: &'static str, message: &str) -> Error {
     Error::new(ErrorKind::NotFound, id, message)
 }
 
-fn already_exists(id: &'static str, message: &str) -> Error {
+pub(crate) fn already_exists(id: &'static str, message: &str) -> Error {
     Error::new(ErrorKind::AlreadyExists, id, message)
 }
 
 /// Translates a unique violation of an insert or update into the error of the field it hit: the first
 /// rule whose column name occurs in the violated constraint wins, `fallback` (the primary key) otherwise.
 /// Any other database error is passed on.
-fn taken(err: DbErr, rules: &[(&str, &'static str, &str)], fallback: (&'static str, &str)) -> StateError {
+pub(crate) fn taken(err: DbErr, rules: &[(&str, &'static str, &str)], fallback: (&'static str, &str)) -> StateError {
     let Some(target) = unique_violation_target(&err) else { return StateError::Db(err) };
     let (id, message) =
         rules.iter().find(|(column, _, _)| target.contains(column)).map_or(fallback, |&(_, id, message)| (id, message));
@@ -144,12 +144,12 @@ fn sql_lower(column: Expr) -> Expr {
 }
 
 /// A condition no row satisfies (a filter on an empty id list).
-fn nothing() -> Expr {
+pub(crate) fn nothing() -> Expr {
     Expr::val(1).eq(0)
 }
 
 /// Runs `select` for one page and counts all its matches.
-async fn page<E>(store: &Store, select: Select<E>, q: &ListQuery) -> Result<(Vec<E::Model>, u64), Error>
+pub(crate) async fn page<E>(store: &Store, select: Select<E>, q: &ListQuery) -> Result<(Vec<E::Model>, u64), Error>
 where
     E: EntityTrait,
     E::Model: Sync,

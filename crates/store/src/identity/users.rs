@@ -315,7 +315,7 @@ fn changed(row: &users::Model, sequence: u64, at: DateTime<Utc>) -> Result<users
 
 /// Records a write on the user aggregate that changed no user column (a token added or removed), so the
 /// row's change metadata keeps matching the aggregate's last event.
-pub(super) async fn touch_user(
+pub(crate) async fn touch_user(
     txn: &DatabaseTransaction,
     id: &str,
     sequence: u64,
@@ -404,6 +404,10 @@ async fn apply(
             let mut active = changed(&row, sequence, at)?;
             active.state = Set(change.target().as_str().to_owned());
             active.update(txn).await?;
+            if change == UserStateChange::Unlock {
+                // Counters left at their limit would never count again: unlocking starts them afresh.
+                crate::session::lockout::reset_all(txn, &row.id).await?;
+            }
         }
         Change::Delete => delete_user_rows(txn, &row.id).await?,
     }

@@ -17,6 +17,9 @@ enum Sessions {
     Id,
     Creator,
     UserId,
+    UserLoginName,
+    UserDisplayName,
+    UserOrgId,
     UserCheckedAt,
     PasswordCheckedAt,
     TotpCheckedAt,
@@ -53,6 +56,7 @@ enum UserTotp {
     Verified,
     CreatedAt,
     VerifiedAt,
+    LastStep,
 }
 
 #[derive(DeriveIden)]
@@ -95,6 +99,10 @@ impl MigrationTrait for Migration {
                     .col(text(Sessions::Id).primary_key())
                     .col(text(Sessions::Creator))
                     .col(ColumnDef::new(Sessions::UserId).text().null())
+                    // The user factor as it was when checked (the contract answers it so, not as it is now).
+                    .col(ColumnDef::new(Sessions::UserLoginName).text().null())
+                    .col(ColumnDef::new(Sessions::UserDisplayName).text().null())
+                    .col(ColumnDef::new(Sessions::UserOrgId).text().null())
                     .col(at_or_null(Sessions::UserCheckedAt))
                     .col(at_or_null(Sessions::PasswordCheckedAt))
                     .col(at_or_null(Sessions::TotpCheckedAt))
@@ -161,6 +169,9 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(UserTotp::Verified).boolean().not_null().default(false))
                     .col(at(UserTotp::CreatedAt))
                     .col(at_or_null(UserTotp::VerifiedAt))
+                    // Newest accepted 30-second step; only ever raised by a conditional update, so a code
+                    // cannot be replayed within its window.
+                    .col(ColumnDef::new(UserTotp::LastStep).big_integer().not_null().default(0))
                     .foreign_key(
                         ForeignKey::create()
                             .name("user_totp_user_id_fkey")

@@ -1,0 +1,319 @@
+//! [`SessionRepo`]: sessions, written one event-log write per change.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flowgate_core::event::{Details, NewEvent, WriteIntent};
+use flowgate_core::identity::{ListQuery, OrgId, Page, UserId};
+use flowgate_core::session::ports::{
+    INSTANCE_OWNER, NewOtpChallenge, NewSessionRecord, SESSION_NOT_FOUND, SESSION_TERMINATED, SessionRepo,
+    SessionUpdate, StoredSession,
+};
+use flowgate_core::session::{Session, SessionFilter, SessionId, TimestampMethod};
+use flowgate_core::{Error, ErrorKind, Result};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseTransaction, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use serde_json::json;
+
+use super::entity::{otp_challenges, sessions};
+use super::{SESSION, SessionRepositories, empty_object, micros, session_from_row, set_state, user_agent_json};
+use crate::error::db_error;
+use crate::event_log::{StateError, state};
+use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
+
+/// Error id: AlreadyExists, a session with the same token digest exists (only with a broken random source).
+pub const SESSION_TOKEN_HASH_TAKEN: &str = "SESSION-token-hash-taken";
+/// Error id: AlreadyExists, a session with the same id exists.
+pub const SESSION_ID_TAKEN: &str = "SESSION-id-taken";
+
+/// Id of the error that rolls a termination back when another one won the race; never leaves this module.
+const ALREADY_TERMINATED: &str = "STORE-session-already-terminated";
+
+/// The unique indexes of `sessions` and the errors their violations mean.
+fn session_taken(err: sea_orm::DbErr) -> StateError {
+    taken(
+        err,
+        &[("token_hash", SESSION_TOKEN_HASH_TAKEN, "a session with this token digest exists already")],
+        (SESSION_ID_TAKEN, "a session with this id exists already"),
+    )
+}
+
+fn session_not_found() -> Error {
+    not_found(SESSION_NOT_FOUND, "session not found")
+}
+
+fn session_terminated() -> Error {
+    Error::new(ErrorKind::FailedPrecondition, SESSION_TERMINATED, "the session is terminated")
+}
+
+/// A write of `events` on the session `id`.
+fn session_intent(id: &str, actor: &str, expected_sequence: Option<u64>, events: Vec<NewEvent>) -> WriteIntent {
+    WriteIntent {
+        aggregate: aggregate(SESSION, id),
+        resource_owner: INSTANCE_OWNER.to_owned(),
+        creator: actor.to_owned(),
+        expected_sequence,
+        events,
+    }
+}
+
+/// Stores `challenges` of session `id`, each replacing an earlier one of the same kind (used or not).
+async fn put_challenges(
+    txn: &DatabaseTransaction,
+    id: &str,
+    challenges: &[NewOtpChallenge],
+    at: DateTime<Utc>,
+) -> Result<(), StateError> {
+    for challenge in challenges {
+        let row = otp_challenges::Model {
+            session_id: id.to_owned(),
+            kind: challenge.kind.as_str().to_owned(),
+            code_hash: challenge.code_hash.clone(),
+            expires_at: micros(challenge.expires_at),
+            used_at: None,
+            created_at: at,
+        };
+        otp_challenges::Entity::insert(otp_challenges::ActiveModel::from(row).reset_all())
+            .on_conflict(
+                OnConflict::columns([otp_challenges::Column::SessionId, otp_challenges::Column::Kind])
+                    .update_columns([
+                        otp_challenges::Column::CodeHash,
+                        otp_challenges::Column::ExpiresAt,
+                        otp_challenges::Column::UsedAt,
+                        otp_challenges::Column::CreatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The session row `id` inside a write, or NotFound.
+async fn session_row(txn: &DatabaseTransaction, id: &str) -> Result<sessions::Model, StateError> {
+    Ok(sessions::Entity::find_by_id(id).one(txn).await?.ok_or_else(session_not_found)?)
+}
+
+/// `column <method> at`.
+fn compare(column: sessions::Column, at: DateTime<Utc>, method: TimestampMethod) -> Expr {
+    let column = Expr::col(column);
+    match method {
+        TimestampMethod::Equals => column.eq(at),
+        TimestampMethod::Greater => column.gt(at),
+        TimestampMethod::GreaterOrEquals => column.gte(at),
+        TimestampMethod::Less => column.lt(at),
+        TimestampMethod::LessOrEquals => column.lte(at),
+    }
+}
+
+fn session_condition(filters: &[SessionFilter]) -> Condition {
+    filters.iter().fold(Condition::all(), |all, filter| match filter {
+        SessionFilter::Ids(ids) if ids.is_empty() => all.add(nothing()),
+        SessionFilter::Ids(ids) => all.add(sessions::Column::Id.is_in(ids.iter().map(SessionId::as_str))),
+        SessionFilter::UserId(user) => all.add(sessions::Column::UserId.eq(user.as_str())),
+        SessionFilter::CreationDate(at, method) => all.add(compare(sessions::Column::CreatedAt, *at, *method)),
+        // The core resolves `None` to the caller; should one slip through, it matches nothing rather than all.
+        SessionFilter::Creator(Some(creator)) => all.add(sessions::Column::Creator.eq(creator.as_str())),
+        SessionFilter::UserAgentFingerprint(Some(id)) => all.add(sessions::Column::FingerprintId.eq(id.as_str())),
+        SessionFilter::Creator(None) | SessionFilter::UserAgentFingerprint(None) => all.add(nothing()),
+        // NULL expirations compare as unknown: sessions without expiration never match.
+        SessionFilter::ExpirationDate(at, method) => all.add(compare(sessions::Column::Expiration, *at, *method)),
+        SessionFilter::VisibleTo { creator, user, orgs } => {
+            let mut any = Condition::any()
+                .add(sessions::Column::Creator.eq(creator.as_str()))
+                .add(sessions::Column::UserId.eq(user.as_str()));
+            if !orgs.is_empty() {
+                any = any.add(sessions::Column::UserOrgId.is_in(orgs.iter().map(OrgId::as_str)));
+            }
+            all.add(any)
+        }
+    })
+}
+
+impl SessionRepositories {
+    /// Terminates session `id` in one write; `None` when it is terminated already (nothing written).
+    async fn terminate_one(&self, id: &str, actor: &str) -> Result<Option<Details>> {
+        let events = vec![event("session.terminated", json!({}))];
+        let written = self
+            .store
+            .write_returning(session_intent(id, actor, None, events), |txn, ctx| {
+                let id = id.to_owned();
+                state(async move {
+                    let row = session_row(txn, &id).await?;
+                    if row.terminated_at.is_some() {
+                        // Rolls the event back too: a concurrent termination got there first.
+                        return Err(Error::new(ErrorKind::Aborted, ALREADY_TERMINATED, "terminated already").into());
+                    }
+                    let created_at = row.created_at;
+                    let mut active = sessions::ActiveModel::from(row);
+                    active.terminated_at = sea_orm::Set(Some(ctx.created_at));
+                    active.changed_at = sea_orm::Set(ctx.created_at);
+                    active.sequence = sea_orm::Set(db_sequence(ctx.sequence)?);
+                    active.update(txn).await?;
+                    // Codes of a terminated session can never be used: no reason to keep their digests.
+                    otp_challenges::Entity::delete_many()
+                        .filter(otp_challenges::Column::SessionId.eq(id.as_str()))
+                        .exec(txn)
+                        .await?;
+                    Ok(created_at)
+                })
+            })
+            .await;
+        match written {
+            Ok((created_at, details)) => Ok(Some(Details { creation_date: created_at, ..details })),
+            Err(err) if err.id() == ALREADY_TERMINATED => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<sessions::Model>> {
+        sessions::Entity::find_by_id(id).one(self.store.reader()).await.map_err(db_error)
+    }
+}
+
+#[async_trait]
+impl SessionRepo for SessionRepositories {
+    async fn create(&self, record: &NewSessionRecord, actor: &str) -> Result<Session> {
+        let mut template = sessions::Model {
+            id: record.id.as_str().to_owned(),
+            creator: record.creator.clone(),
+            user_id: None,
+            user_login_name: None,
+            user_display_name: None,
+            user_org_id: None,
+            user_checked_at: None,
+            password_checked_at: None,
+            totp_checked_at: None,
+            otp_sms_checked_at: None,
+            otp_email_checked_at: None,
+            intent_checked_at: None,
+            token_hash: record.token_hash.clone(),
+            metadata: empty_object(),
+            user_agent: record.user_agent.as_ref().map(user_agent_json),
+            fingerprint_id: record.user_agent.as_ref().and_then(|a| a.fingerprint_id.clone()),
+            expiration: None,
+            terminated_at: None,
+            created_at: DateTime::<Utc>::MIN_UTC,
+            changed_at: DateTime::<Utc>::MIN_UTC,
+            sequence: 0,
+        };
+        set_state(&mut template, &record.state);
+        let intent = session_intent(record.id.as_str(), actor, Some(0), record.events.clone());
+        let (row, _) = self
+            .store
+            .write_returning(intent, |txn, ctx| {
+                let (mut row, challenges) = (template.clone(), record.challenges.clone());
+                state(async move {
+                    row.created_at = ctx.created_at;
+                    row.changed_at = ctx.created_at;
+                    row.sequence = db_sequence(ctx.sequence)?;
+                    sessions::Entity::insert(sessions::ActiveModel::from(row.clone()).reset_all())
+                        .exec_without_returning(txn)
+                        .await
+                        .map_err(session_taken)?;
+                    put_challenges(txn, &row.id, &challenges, ctx.created_at).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        session_from_row(row)
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<StoredSession>> {
+        let Some(row) = self.find(id.as_str()).await? else { return Ok(None) };
+        let token_hash = row.token_hash.clone();
+        Ok(Some(StoredSession { session: session_from_row(row)?, token_hash }))
+    }
+
+    async fn get_by_token_hash(&self, token_hash: &str) -> Result<Option<Session>> {
+        // Equality on the whole digest; the unique index makes it one lookup.
+        let row = sessions::Entity::find()
+            .filter(sessions::Column::TokenHash.eq(token_hash))
+            .one(self.store.reader())
+            .await
+            .map_err(db_error)?;
+        row.map(session_from_row).transpose()
+    }
+
+    async fn apply(
+        &self,
+        id: &SessionId,
+        expected_sequence: u64,
+        update: &SessionUpdate,
+        actor: &str,
+    ) -> Result<Session> {
+        // Answered before the write: a missing or terminated session would otherwise surface as a
+        // sequence mismatch.
+        let current = self.find(id.as_str()).await?.ok_or_else(session_not_found)?;
+        if current.terminated_at.is_some() {
+            return Err(session_terminated());
+        }
+        let intent = session_intent(id.as_str(), actor, Some(expected_sequence), update.events.clone());
+        let (row, _) = self
+            .store
+            .write_returning(intent, |txn, ctx| {
+                let (id, update) = (id.as_str().to_owned(), update.clone());
+                state(async move {
+                    let mut row = session_row(txn, &id).await?;
+                    if row.terminated_at.is_some() {
+                        return Err(session_terminated().into());
+                    }
+                    set_state(&mut row, &update.state);
+                    row.token_hash = update.token_hash;
+                    row.changed_at = ctx.created_at;
+                    row.sequence = db_sequence(ctx.sequence)?;
+                    sessions::ActiveModel::from(row.clone()).reset_all().update(txn).await.map_err(session_taken)?;
+                    put_challenges(txn, &id, &update.challenges, ctx.created_at).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        session_from_row(row)
+    }
+
+    async fn list(&self, filters: &[SessionFilter], q: &ListQuery) -> Result<Page<Session>> {
+        let order = if q.asc { Order::Asc } else { Order::Desc };
+        let select = sessions::Entity::find()
+            .filter(sessions::Column::TerminatedAt.is_null())
+            .filter(session_condition(filters))
+            .order_by(sessions::Column::CreatedAt, order.clone())
+            .order_by(sessions::Column::Id, order);
+        let (rows, total) = page(&self.store, select, q).await?;
+        Ok(Page { items: rows.into_iter().map(session_from_row).collect::<Result<_>>()?, total })
+    }
+
+    async fn terminate(&self, id: &SessionId, actor: &str) -> Result<Details> {
+        let row = self.find(id.as_str()).await?.ok_or_else(session_not_found)?;
+        if row.terminated_at.is_none()
+            && let Some(details) = self.terminate_one(id.as_str(), actor).await?
+        {
+            return Ok(details);
+        }
+        // Terminated already (perhaps just now, by a concurrent call): its details as they are.
+        let row = self.find(id.as_str()).await?.ok_or_else(session_not_found)?;
+        row_details(row.created_at, row.changed_at, row.sequence, INSTANCE_OWNER)
+    }
+
+    async fn terminate_all_of_user(&self, user: &UserId, actor: &str) -> Result<u64> {
+        let ids = sessions::Entity::find()
+            .select_only()
+            .column(sessions::Column::Id)
+            .filter(sessions::Column::UserId.eq(user.as_str()))
+            .filter(sessions::Column::TerminatedAt.is_null())
+            .order_by_asc(sessions::Column::CreatedAt)
+            .into_tuple::<String>()
+            .all(self.store.reader())
+            .await
+            .map_err(db_error)?;
+        let mut terminated = 0;
+        for id in ids {
+            if self.terminate_one(&id, actor).await?.is_some() {
+                terminated += 1;
+            }
+        }
+        Ok(terminated)
+    }
+}
