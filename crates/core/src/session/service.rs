@@ -173,7 +173,7 @@ fn render_url(template: &str, code: &str, user: &User, session: &SessionId) -> S
 
 /// What the checks of one request produced.
 struct CheckOutcome {
-    /// The session's user after the checks (checked now or earlier), active.
+    /// The active user the checks loaded (checked now, or earlier when later checks ran); `None` otherwise.
     user: Option<User>,
     /// Events of the successful checks, in order.
     events: Vec<NewEvent>,
@@ -310,7 +310,7 @@ impl Sessions {
         }
         let expiration = self.expiration(change.lifetime, now, None, &mut events)?;
         let (challenges, returned) =
-            self.create_challenges(&id, outcome.user.as_ref(), &change.challenges, now, &mut events).await?;
+            self.create_challenges(&id, outcome.user.as_ref(), None, &change.challenges, now, &mut events).await?;
         let token = generate_session_token()?;
         let record = NewSessionRecord {
             id,
@@ -353,8 +353,16 @@ impl Sessions {
             events.push(event("session.metadata.set", json!({ "keys": change.metadata.keys().collect::<Vec<_>>() })));
         }
         let expiration = self.expiration(change.lifetime, now, session.expiration, &mut events)?;
-        let (challenges, returned) =
-            self.create_challenges(id, outcome.user.as_ref(), &change.challenges, now, &mut events).await?;
+        let (challenges, returned) = self
+            .create_challenges(
+                id,
+                outcome.user.as_ref(),
+                factors.user.as_ref().map(|u| &u.id),
+                &change.challenges,
+                now,
+                &mut events,
+            )
+            .await?;
         if events.is_empty() {
             // Nothing else changed, but the caller gets a new token all the same.
             events.push(event("session.token.rotated", json!({})));
@@ -436,9 +444,6 @@ impl Sessions {
                 return Err(self.uniform_failure(password.as_deref()).await);
             };
             user = Some(found);
-        } else if let Some(existing) = &factors.user {
-            // Only metadata, lifetime or challenges: challenges need the user's addresses.
-            user = self.identity().find_active_user(&existing.id).await?;
         }
 
         if !later_checks {
@@ -599,12 +604,14 @@ impl Sessions {
 
     // ---------------------------------------------------------------- challenges
 
-    /// Creates the requested OTP challenges (after the checks): codes are hashed for the store and either
-    /// returned or sent now (before the write, so a failed delivery changes nothing).
+    /// Creates the requested OTP challenges (after the checks) for `user` (loaded by the checks) or the
+    /// `checked` user of the session: codes are hashed for the store and either returned or sent now
+    /// (before the write, so a failed delivery changes nothing).
     async fn create_challenges(
         &self,
         session: &SessionId,
         user: Option<&User>,
+        checked: Option<&UserId>,
         request: &super::model::ChallengeRequest,
         now: DateTime<Utc>,
         events: &mut Vec<NewEvent>,
@@ -614,7 +621,16 @@ impl Sessions {
         if request.is_empty() {
             return Ok((stored, returned));
         }
-        let user = user.ok_or_else(|| precondition(SESSION_USER_MISSING, "the user must be checked first"))?;
+        let loaded;
+        let user = match (user, checked) {
+            (Some(user), _) => user,
+            // Checked by an earlier request: its state and addresses may have changed since.
+            (None, Some(id)) => {
+                loaded = self.identity().find_active_user(id).await?.ok_or_else(credentials_invalid)?;
+                &loaded
+            }
+            (None, None) => return Err(precondition(SESSION_USER_MISSING, "the user must be checked first")),
+        };
         let human = human(user)
             .ok_or_else(|| precondition(SESSION_OTP_UNAVAILABLE, "one-time codes are for human users only"))?;
         let expires_at = now + OTP_TTL;
