@@ -146,6 +146,21 @@ struct Flags {
     /// Audience (`aud`) the issuer's JWTs must carry; required with --jwt-issuer.
     #[arg(long, value_name = "AUDIENCE")]
     jwt_audience: Option<String>,
+    /// Wrong passwords in a row before a user is locked; 0 = no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    lockout_max_password_attempts: Option<u64>,
+    /// Wrong one-time codes in a row before a user is locked; 0 = no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    lockout_max_otp_attempts: Option<u64>,
+    /// SMTP server for code e-mails, e.g. smtp://user:pass@mail.example.com:587?tls=required.
+    #[arg(long, value_name = "URL")]
+    smtp_url: Option<String>,
+    /// Sender address of code e-mails.
+    #[arg(long, value_name = "ADDRESS")]
+    smtp_from: Option<String>,
+    /// Webhook receiving {"to","code"} for each text message.
+    #[arg(long, value_name = "URL")]
+    sms_webhook_url: Option<String>,
 }
 
 impl Flags {
@@ -173,6 +188,11 @@ impl Flags {
             password_hash_queue,
             jwt_issuer,
             jwt_audience,
+            lockout_max_password_attempts,
+            lockout_max_otp_attempts,
+            smtp_url,
+            smtp_from,
+            sms_webhook_url,
         } = self;
         let raw = RawConfig {
             listen,
@@ -195,6 +215,11 @@ impl Flags {
             password_hash_queue,
             jwt_issuer,
             jwt_audience,
+            lockout_max_password_attempts,
+            lockout_max_otp_attempts,
+            smtp_url,
+            smtp_from,
+            sms_webhook_url,
         };
         (config, raw)
     }

@@ -70,6 +70,30 @@ pub struct Config {
     pub password_hashing: PasswordHashing,
     /// External JWT issuer; `None` accepts personal access tokens only.
     pub jwt: Option<JwtIssuer>,
+    /// Failed-attempt limits that lock a user (0 = off).
+    pub lockout: Lockout,
+    /// Delivery of one-time codes.
+    pub delivery: Delivery,
+}
+
+/// Failed attempts allowed before a user is locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lockout {
+    /// Wrong passwords in a row before the user is locked; 0 turns the limit off.
+    pub max_password_attempts: u32,
+    /// Wrong one-time codes (TOTP, SMS, e-mail) in a row before the user is locked; 0 turns it off.
+    pub max_otp_attempts: u32,
+}
+
+/// Channels that deliver one-time codes; each is off when not configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// SMTP server URL, e.g. `smtp://user:pass@mail.example.com:587?tls=required`.
+    pub smtp_url: Option<String>,
+    /// Sender address of code e-mails.
+    pub smtp_from: Option<String>,
+    /// URL that receives `{"to", "code"}` as a JSON POST for each text message.
+    pub sms_webhook_url: Option<String>,
 }
 
 /// argon2id cost and the bounded hashing pool.
@@ -167,6 +191,16 @@ pub struct RawConfig {
     pub jwt_issuer: Option<String>,
     /// See [`JwtIssuer::audience`].
     pub jwt_audience: Option<String>,
+    /// See [`Lockout::max_password_attempts`].
+    pub lockout_max_password_attempts: Option<u64>,
+    /// See [`Lockout::max_otp_attempts`].
+    pub lockout_max_otp_attempts: Option<u64>,
+    /// See [`Delivery::smtp_url`].
+    pub smtp_url: Option<String>,
+    /// See [`Delivery::smtp_from`].
+    pub smtp_from: Option<String>,
+    /// See [`Delivery::sms_webhook_url`].
+    pub sms_webhook_url: Option<String>,
 }
 
 /// Reads a TOML file into raw values; unknown keys and wrong types are errors naming the key.
@@ -238,6 +272,14 @@ pub fn read_env(env: &HashMap<String, String>) -> Result<RawConfig, ConfigError>
         password_hash_queue: number("password_hash_queue", "FLOWGATE_PASSWORD_HASH_QUEUE")?,
         jwt_issuer: get("FLOWGATE_JWT_ISSUER"),
         jwt_audience: get("FLOWGATE_JWT_AUDIENCE"),
+        lockout_max_password_attempts: number(
+            "lockout_max_password_attempts",
+            "FLOWGATE_LOCKOUT_MAX_PASSWORD_ATTEMPTS",
+        )?,
+        lockout_max_otp_attempts: number("lockout_max_otp_attempts", "FLOWGATE_LOCKOUT_MAX_OTP_ATTEMPTS")?,
+        smtp_url: get("FLOWGATE_SMTP_URL"),
+        smtp_from: get("FLOWGATE_SMTP_FROM"),
+        sms_webhook_url: get("FLOWGATE_SMS_WEBHOOK_URL"),
     })
 }
 
@@ -446,6 +488,56 @@ impl Layers {
                 return Err(bad("jwt_issuer", src, "jwt_audience is set but jwt_issuer is not".to_owned()));
             }
         };
+        let lockout = Lockout {
+            max_password_attempts: u32::try_from(ranged(
+                "lockout_max_password_attempts",
+                |r| r.lockout_max_password_attempts,
+                0..=1000,
+                0,
+            )?)
+            .unwrap_or(0),
+            max_otp_attempts: u32::try_from(ranged(
+                "lockout_max_otp_attempts",
+                |r| r.lockout_max_otp_attempts,
+                0..=1000,
+                0,
+            )?)
+            .unwrap_or(0),
+        };
+        let url_key = |key: &str,
+                       get: fn(&RawConfig) -> Option<String>,
+                       schemes: &[&str]|
+         -> Result<Option<String>, ConfigError> {
+            match self.pick(key, get) {
+                Some((v, src)) if !schemes.iter().any(|s| v.starts_with(s)) || v.contains(char::is_whitespace) => {
+                    Err(bad(key, src, format!("must be a URL starting with {}", schemes.join(" or "))))
+                }
+                Some((v, _)) => Ok(Some(v)),
+                None => Ok(None),
+            }
+        };
+        let delivery = Delivery {
+            smtp_url: url_key("smtp_url", |r| r.smtp_url.clone(), &["smtp://", "smtps://"])?,
+            smtp_from: match self.pick("smtp_from", |r| r.smtp_from.clone()) {
+                Some((v, src)) if !v.contains('@') || v.contains(['\r', '\n']) => {
+                    return Err(bad("smtp_from", src, format!("{v:?} is not an e-mail address")));
+                }
+                Some((v, _)) => Some(v),
+                None => None,
+            },
+            sms_webhook_url: url_key("sms_webhook_url", |r| r.sms_webhook_url.clone(), &["https://", "http://"])?,
+        };
+        match (&delivery.smtp_url, &delivery.smtp_from) {
+            (Some(_), None) => {
+                let src = self.pick("smtp_url", |r| r.smtp_url.clone()).map_or(Source::Default, |(_, s)| s);
+                return Err(bad("smtp_from", src, "smtp_url is set but smtp_from is not".to_owned()));
+            }
+            (None, Some(_)) => {
+                let src = self.pick("smtp_from", |r| r.smtp_from.clone()).map_or(Source::Default, |(_, s)| s);
+                return Err(bad("smtp_url", src, "smtp_from is set but smtp_url is not".to_owned()));
+            }
+            (Some(_), Some(_)) | (None, None) => {}
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -461,6 +553,8 @@ impl Layers {
             external_domain,
             password_hashing,
             jwt,
+            lockout,
+            delivery,
         })
     }
 }

@@ -41,7 +41,10 @@ pub fn to_status(err: &Error, request_id: Option<&str>) -> tonic::Status {
         | ErrorKind::Aborted => tracing::debug!(request_id, error = %err, "request refused"),
     }
     let mut details = ErrorDetails::new();
-    details.set_error_info(err.id(), ERROR_DOMAIN, std::collections::HashMap::<String, String>::new());
+    // Client-visible facts (e.g. `failed_attempts` after a wrong password) travel as ErrorInfo metadata.
+    let metadata: std::collections::HashMap<String, String> =
+        err.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    details.set_error_info(err.id(), ERROR_DOMAIN, metadata);
     if !err.violations().is_empty() {
         let violations = err
             .violations()
@@ -70,6 +73,16 @@ mod tests {
         let details = status.get_error_details();
         assert_eq!(details.request_info().map(|r| r.request_id.as_str()), Some("rid-1"));
         assert_eq!(details.error_info().map(|e| e.reason.as_str()), Some("STORE-query"));
+    }
+
+    #[test]
+    fn metadata_becomes_error_info_metadata() {
+        let err = Error::new(flowgate_core::ErrorKind::FailedPrecondition, "SESSION-credentials-invalid", "no")
+            .with_metadata("failed_attempts", 3);
+        let status = to_status(&err, None);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.metadata.get("failed_attempts").map(String::as_str), Some("3"));
     }
 
     #[test]

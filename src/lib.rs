@@ -13,5 +13,6 @@ pub mod pb;
 pub mod server;
 
 mod http_metrics;
+mod notify;
 mod request_id;
 mod telemetry;

@@ -16,6 +16,7 @@ use axum::routing::get;
 use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
 use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
 use flowgate_core::identity::{Identity, IdentityConfig};
+use flowgate_core::session::{LockoutPolicy, SessionConfig, Sessions};
 use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
 use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
 use flowgate_idp::{JwtSettings, JwtVerifier};
@@ -32,14 +33,17 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::admin::AdminApi;
 use crate::api::org::OrgApi;
+use crate::api::session::SessionApi;
 use crate::api::system::SystemApi;
 use crate::api::user::UserApi;
 use crate::auth::{self, Authorizer};
-use crate::config::{Config, JwtIssuer, PasswordHashing, TlsFiles};
+use crate::config::{Config, Delivery, JwtIssuer, Lockout, PasswordHashing, TlsFiles};
 use crate::http_metrics::{self, HttpMetrics, PoolGauge};
+use crate::notify::Notifier;
 use crate::pb;
 use crate::pb::flowgate::admin::v2::administrator_service_server::AdministratorServiceServer;
 use crate::pb::flowgate::org::v2::organization_service_server::OrganizationServiceServer;
+use crate::pb::flowgate::session::v2::session_service_server::SessionServiceServer;
 use crate::pb::flowgate::system::v1::system_service_server::SystemServiceServer;
 use crate::pb::flowgate::user::v2::user_service_server::UserServiceServer;
 use crate::request_id;
@@ -87,6 +91,30 @@ fn identity(config: &Config, store: &Store) -> Result<Identity, ServeError> {
     let verifier = JwtVerifier::new(JwtSettings::new(issuer.clone(), audience.clone()))
         .map_err(|e| ServeError::Config(format!("jwt_issuer: {e}")))?;
     Ok(identity.with_external_verifier(Arc::new(verifier)))
+}
+
+/// The session use cases over the store, and the identity they complete: deactivating, locking or
+/// deleting a user ends its sessions, and session tokens work as bearer tokens.
+fn sessions(config: &Config, store: &Store, identity: Identity) -> Result<(Identity, Sessions), ServeError> {
+    let Delivery { smtp_url, smtp_from, sms_webhook_url } = &config.delivery;
+    let notifier = Notifier::new(smtp_url.as_deref(), smtp_from.as_deref(), sms_webhook_url.as_deref())
+        .map_err(ServeError::Config)?;
+    let Lockout { max_password_attempts, max_otp_attempts } = config.lockout;
+    let session_config = SessionConfig {
+        lockout: LockoutPolicy { max_password_attempts, max_otp_attempts },
+        ..SessionConfig::default()
+    };
+    let sessions = Sessions::new(
+        session_config,
+        flowgate_store::session::repos(store),
+        identity.clone(),
+        Arc::new(notifier),
+        Arc::new(SystemClock),
+        Arc::new(UuidV7Ids),
+    );
+    let identity =
+        identity.with_lifecycle_hook(Arc::new(sessions.clone())).with_session_tokens(Arc::new(sessions.clone()));
+    Ok((identity, sessions))
 }
 
 /// Creates the instance on first start and hands the admin token to the operator through a file only
@@ -168,9 +196,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let store = open_store(&config).await?;
     let schema_version = store.schema_version().await.map_err(|e| ServeError::Store(e.to_string()))?;
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-    let identity = identity(&config, &store)?;
+    let (identity, sessions) = sessions(&config, &store, identity(&config, &store)?)?;
     bootstrap(&identity, &config.data_dir).await?;
-    let app = build_app(&config, store.clone(), identity).await?;
+    let app = build_app(&config, store.clone(), identity, sessions).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let signal = ShutdownSignal::install()?;
@@ -226,7 +254,12 @@ struct Ops {
 }
 
 /// Builds the whole HTTP application (exposed for in-process use).
-pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Result<Router, ServeError> {
+pub async fn build_app(
+    config: &Config,
+    store: Store,
+    identity: Identity,
+    sessions: Sessions,
+) -> Result<Router, ServeError> {
     let started = Instant::now();
     let pool =
         prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).map_err(|e| ServeError::Api(e.to_string()))?;
@@ -247,11 +280,13 @@ pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Res
     let system = Arc::new(SystemApi::new(facts, store_status));
     let authorizer = Authorizer::new(auth::requirement_table(&pool).map_err(ServeError::Api)?, identity.clone());
     let mut handlers = HashMap::new();
-    let users = Arc::new(UserApi::new(identity.clone()));
-    let orgs = Arc::new(OrgApi::new(identity.clone()));
+    let users = Arc::new(UserApi::new(identity.clone(), sessions.clone()));
+    let orgs = Arc::new(OrgApi::new(identity.clone(), UserApi::new(identity.clone(), sessions.clone())));
+    let session_api = Arc::new(SessionApi::new(sessions));
     let admins = Arc::new(AdminApi::new(identity.clone()));
     handlers.extend(pb::rest::system_service_handlers(system.clone()));
     handlers.extend(pb::rest::user_service_handlers(users.clone()));
+    handlers.extend(pb::rest::session_service_handlers(session_api.clone()));
     handlers.extend(pb::rest::organization_service_handlers(orgs.clone()));
     handlers.extend(pb::rest::administrator_service_handlers(admins.clone()));
     // Every REST handler runs behind the same authorization as native gRPC.
@@ -266,6 +301,7 @@ pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Res
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SystemServiceServer<SystemApi>>().await;
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
+    health_reporter.set_serving::<SessionServiceServer<SessionApi>>().await;
     health_reporter.set_serving::<OrganizationServiceServer<OrgApi>>().await;
     health_reporter.set_serving::<AdministratorServiceServer<AdminApi>>().await;
     let reflection = || {
@@ -278,6 +314,7 @@ pub async fn build_app(config: &Config, store: Store, identity: Identity) -> Res
     let limit = config.body_limit;
     let grpc = tonic::service::Routes::new(SystemServiceServer::from_arc(system).max_decoding_message_size(limit))
         .add_service(UserServiceServer::from_arc(users).max_decoding_message_size(limit))
+        .add_service(SessionServiceServer::from_arc(session_api).max_decoding_message_size(limit))
         .add_service(OrganizationServiceServer::from_arc(orgs).max_decoding_message_size(limit))
         .add_service(AdministratorServiceServer::from_arc(admins).max_decoding_message_size(limit))
         .add_service(health_service)

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod convert;
 pub mod org;
+pub mod session;
 pub mod system;
 pub mod user;
 

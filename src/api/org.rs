@@ -18,9 +18,9 @@ pub struct OrgApi {
 }
 
 impl OrgApi {
-    /// An adapter over `identity`.
-    pub fn new(identity: Identity) -> Self {
-        Self { users: super::user::UserApi::new(identity.clone()), identity }
+    /// An adapter over `identity`; `users` creates the human admins of new organizations.
+    pub fn new(identity: Identity, users: super::user::UserApi) -> Self {
+        Self { users, identity }
     }
 }
 

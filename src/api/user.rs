@@ -6,6 +6,7 @@ use flowgate_core::identity::model::{
     UserKind, UserKindFilter, UserSort, UserState,
 };
 use flowgate_core::identity::{HumanUpdate, Identity, NewHuman, NewMachine, NewPassword, PasswordVerification};
+use flowgate_core::session::Sessions;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, details, invalid, list_details, list_query, text_method, timestamp};
@@ -15,15 +16,16 @@ use crate::error::to_status;
 use crate::pb::flowgate::object::v2 as object;
 use crate::pb::flowgate::user::v2 as pb;
 
-/// Adapter of the user service over the identity use cases.
+/// Adapter of the user service over the identity use cases (and the session core for TOTP).
 pub struct UserApi {
     identity: Identity,
+    sessions: Sessions,
 }
 
 impl UserApi {
-    /// An adapter over `identity`.
-    pub fn new(identity: Identity) -> Self {
-        Self { identity }
+    /// An adapter over `identity` and `sessions`.
+    pub fn new(identity: Identity, sessions: Sessions) -> Self {
+        Self { identity, sessions }
     }
 }
 
@@ -479,6 +481,48 @@ impl pb::user_service_server::UserService for UserApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn register_totp(
+        &self,
+        req: Request<pb::RegisterTotpRequest>,
+    ) -> Result<Response<pb::RegisterTotpResponse>, Status> {
+        let rid = request_id(&req);
+        let ctx = context(&req)?;
+        let pb::RegisterTotpRequest { user_id } = req.into_inner();
+        let (uri, secret, d) = self
+            .sessions
+            .register_totp(&ctx, &UserId::from(user_id))
+            .await
+            .map_err(|e| to_status(&e, rid.as_deref()))?;
+        Ok(Response::new(pb::RegisterTotpResponse { details: Some(details(&d)), uri, secret }))
+    }
+
+    async fn verify_totp_registration(
+        &self,
+        req: Request<pb::VerifyTotpRegistrationRequest>,
+    ) -> Result<Response<pb::VerifyTotpRegistrationResponse>, Status> {
+        let rid = request_id(&req);
+        let ctx = context(&req)?;
+        let pb::VerifyTotpRegistrationRequest { user_id, code } = req.into_inner();
+        let d = self
+            .sessions
+            .verify_totp_registration(&ctx, &UserId::from(user_id), &code)
+            .await
+            .map_err(|e| to_status(&e, rid.as_deref()))?;
+        Ok(Response::new(pb::VerifyTotpRegistrationResponse { details: Some(details(&d)) }))
+    }
+
+    async fn remove_totp(
+        &self,
+        req: Request<pb::RemoveTotpRequest>,
+    ) -> Result<Response<pb::RemoveTotpResponse>, Status> {
+        let rid = request_id(&req);
+        let ctx = context(&req)?;
+        let pb::RemoveTotpRequest { user_id } = req.into_inner();
+        let d =
+            self.sessions.remove_totp(&ctx, &UserId::from(user_id)).await.map_err(|e| to_status(&e, rid.as_deref()))?;
+        Ok(Response::new(pb::RemoveTotpResponse { details: Some(details(&d)) }))
     }
 
     async fn remove_personal_access_token(

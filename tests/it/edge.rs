@@ -201,7 +201,15 @@ async fn body_errors_in_the_zitadel_dialect() {
     let url = server.url("/v2/users/human");
     // Unsupported content type on a route with a body.
     for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
-        let res = server.http().post(&url).bearer_auth(&token).header("content-type", ct).body("username=x").send().await.expect("415");
+        let res = server
+            .http()
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", ct)
+            .body("username=x")
+            .send()
+            .await
+            .expect("415");
         assert_eq!(res.status(), 415, "{ct}");
         let body: serde_json::Value = res.json().await.expect("json error");
         assert!(body["code"].is_number() && body["message"].is_string(), "{body}");

@@ -664,7 +664,10 @@ async fn imported_bcrypt_hashes_verify() {
     let token = server.admin_token();
     // bcrypt of "legacy password 1" at cost 4, as another system would export it.
     let out = std::process::Command::new("python3")
-        .args(["-c", "import crypt,sys; print(crypt.crypt('legacy password 1', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))"])
+        .args([
+            "-c",
+            "import crypt,sys; print(crypt.crypt('legacy password 1', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))",
+        ])
         .output();
     let hash = match out {
         Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("$2") => {
@@ -677,10 +680,11 @@ async fn imported_bcrypt_hashes_verify() {
     for protocol in PROTOCOLS {
         let c = Client::new(&server, protocol).with_token(&token);
         let mut request = human(&format!("legacy-{protocol:?}").to_lowercase(), None, None);
-        request.password_type = Some(user::add_human_user_request::PasswordType::HashedPassword(user::HashedPassword {
-            hash: hash.clone(),
-            change_required: false,
-        }));
+        request.password_type =
+            Some(user::add_human_user_request::PasswordType::HashedPassword(user::HashedPassword {
+                hash: hash.clone(),
+                change_required: false,
+            }));
         let added: user::AddHumanUserResponse = c.call(ADD_HUMAN, request).await.expect("import bcrypt");
         // The imported hash verifies: changing the password with it as the current one succeeds.
         let _: user::SetPasswordResponse = c
@@ -688,7 +692,10 @@ async fn imported_bcrypt_hashes_verify() {
                 SET_PASSWORD,
                 user::SetPasswordRequest {
                     user_id: added.user_id.clone(),
-                    new_password: Some(user::Password { password: "a brand new password".into(), change_required: false }),
+                    new_password: Some(user::Password {
+                        password: "a brand new password".into(),
+                        change_required: false,
+                    }),
                     verification: Some(user::set_password_request::Verification::CurrentPassword(plain.into())),
                 },
             )
@@ -702,7 +709,12 @@ async fn imported_bcrypt_hashes_verify() {
         hash: "md5:5f4dcc3b5aa765d61d8327deb882cf99".into(),
         change_required: false,
     }));
-    let failure = assert_code(c.call::<_, user::AddHumanUserResponse>(ADD_HUMAN, request).await, Code::InvalidArgument, 400, "md5");
+    let failure = assert_code(
+        c.call::<_, user::AddHumanUserResponse>(ADD_HUMAN, request).await,
+        Code::InvalidArgument,
+        400,
+        "md5",
+    );
     assert!(failure.message.contains("hashed_password"), "{}", failure.message);
 }
 
@@ -710,7 +722,8 @@ async fn imported_bcrypt_hashes_verify() {
 async fn admin_create_token_prints_a_working_token() {
     let server = Server::start().await;
     let admin = Client::new(&server, Protocol::Json).with_token(&server.admin_token());
-    let orgs: org::ListOrganizationsResponse = admin.call(LIST_ORGS, org::ListOrganizationsRequest::default()).await.expect("orgs");
+    let orgs: org::ListOrganizationsResponse =
+        admin.call(LIST_ORGS, org::ListOrganizationsRequest::default()).await.expect("orgs");
     let org_id = orgs.result[0].id.clone();
     let (machine_id, _) = add_machine_with_token(&admin, "ops-bot", &org_id).await;
     grant(&admin, &machine_id, None, "IAM_OWNER").await;
@@ -724,7 +737,8 @@ async fn admin_create_token_prints_a_working_token() {
     assert!(token.starts_with("fgp_"), "{token}");
     for protocol in PROTOCOLS {
         let c = Client::new(&server, protocol).with_token(&token);
-        let me: user::GetUserByIdResponse = c.call(GET_USER, user::GetUserByIdRequest { user_id: machine_id.clone() }).await.expect("works");
+        let me: user::GetUserByIdResponse =
+            c.call(GET_USER, user::GetUserByIdRequest { user_id: machine_id.clone() }).await.expect("works");
         assert_eq!(me.user.expect("user").username, "ops-bot");
     }
 }

@@ -8,4 +8,6 @@ mod fuzz;
 mod harness;
 mod identity;
 mod jwt;
+mod notify;
+mod session;
 mod system;

@@ -1,0 +1,644 @@
+//! Sessions: create, check, read, list and terminate — over every protocol, with the bad inputs that
+//! must fail.
+
+use flowgate::pb::flowgate::admin::v2 as admin;
+use flowgate::pb::flowgate::session::v2 as pb;
+use flowgate::pb::flowgate::user::v2 as user;
+use tonic::Code;
+
+use crate::client::{Client, Failure};
+use crate::harness::{PROTOCOLS, Protocol, Server};
+
+const CREATE: &str = "/flowgate.session.v2.SessionService/CreateSession";
+const SET: &str = "/flowgate.session.v2.SessionService/SetSession";
+const GET: &str = "/flowgate.session.v2.SessionService/GetSession";
+const LIST: &str = "/flowgate.session.v2.SessionService/ListSessions";
+const DELETE: &str = "/flowgate.session.v2.SessionService/DeleteSession";
+const ADD_HUMAN: &str = "/flowgate.user.v2.UserService/AddHumanUser";
+const ADD_MACHINE: &str = "/flowgate.user.v2.UserService/AddMachineUser";
+const ADD_PAT: &str = "/flowgate.user.v2.UserService/AddPersonalAccessToken";
+const DEACTIVATE: &str = "/flowgate.user.v2.UserService/DeactivateUser";
+const GET_USER: &str = "/flowgate.user.v2.UserService/GetUserByID";
+const REGISTER_TOTP: &str = "/flowgate.user.v2.UserService/RegisterTOTP";
+const VERIFY_TOTP: &str = "/flowgate.user.v2.UserService/VerifyTOTPRegistration";
+const CREATE_ADMIN: &str = "/flowgate.admin.v2.AdministratorService/CreateAdministrator";
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn expect_code<T: std::fmt::Debug>(result: Result<T, Failure>, code: Code, what: &str) -> Failure {
+    let failure = result.expect_err(what);
+    assert_eq!(failure.code, code, "{what}: {failure:?}");
+    failure
+}
+
+async fn add_user(c: &Client<'_>, username: &str) -> String {
+    let res: user::AddHumanUserResponse = c
+        .call(
+            ADD_HUMAN,
+            user::AddHumanUserRequest {
+                username: Some(username.to_owned()),
+                profile: Some(user::SetHumanProfile {
+                    given_name: "Grace".into(),
+                    family_name: "Hopper".into(),
+                    ..Default::default()
+                }),
+                email: Some(user::SetHumanEmail {
+                    email: format!("{username}@example.com"),
+                    verification: Some(user::set_human_email::Verification::IsVerified(true)),
+                }),
+                password_type: Some(user::add_human_user_request::PasswordType::Password(user::Password {
+                    password: PASSWORD.into(),
+                    change_required: false,
+                })),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("add user");
+    res.user_id
+}
+
+/// A machine user with the login-client role, as a custom login UI would use.
+async fn login_client(root: &Client<'_>, name: &str) -> String {
+    let machine: user::AddMachineUserResponse = root
+        .call(
+            ADD_MACHINE,
+            user::AddMachineUserRequest { username: name.into(), name: name.into(), ..Default::default() },
+        )
+        .await
+        .expect("machine");
+    let _: admin::CreateAdministratorResponse = root
+        .call(
+            CREATE_ADMIN,
+            admin::CreateAdministratorRequest {
+                user_id: machine.user_id.clone(),
+                resource: Some(admin::ResourceType { resource: Some(admin::resource_type::Resource::Instance(true)) }),
+                roles: vec!["IAM_LOGIN_CLIENT".into()],
+            },
+        )
+        .await
+        .expect("grant login client");
+    let pat: user::AddPersonalAccessTokenResponse = root
+        .call(ADD_PAT, user::AddPersonalAccessTokenRequest { user_id: machine.user_id, expiration_date: None })
+        .await
+        .expect("pat");
+    pat.token
+}
+
+fn user_check(login_name: &str) -> Option<pb::Checks> {
+    Some(pb::Checks {
+        user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName(login_name.to_owned())) }),
+        ..Default::default()
+    })
+}
+
+fn password_check(password: &str) -> Option<pb::Checks> {
+    Some(pb::Checks { password: Some(pb::CheckPassword { password: password.to_owned() }), ..Default::default() })
+}
+
+#[tokio::test]
+async fn login_flow_over_every_protocol() {
+    let server = Server::start().await;
+    let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    let client_token = login_client(&root, "login-ui").await;
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&client_token);
+        let username = format!("grace-{protocol:?}").to_lowercase();
+        let user_id = add_user(&root, &username).await;
+
+        // Identify the user; no password yet.
+        let created: pb::CreateSessionResponse = c
+            .call(
+                CREATE,
+                pb::CreateSessionRequest {
+                    checks: user_check(&username.to_uppercase()),
+                    metadata: [("device".to_owned(), b"laptop".to_vec())].into_iter().collect(),
+                    user_agent: Some(pb::UserAgent {
+                        fingerprint_id: Some(format!("fp-{username}")),
+                        ip: Some("192.0.2.1".into()),
+                        description: Some("Firefox".into()),
+                        header: [(
+                            "accept-language".to_owned(),
+                            pb::user_agent::HeaderValues { values: vec!["en".into()] },
+                        )]
+                        .into_iter()
+                        .collect(),
+                    }),
+                    lifetime: Some(pbjson_types::Duration { seconds: 18000, nanos: 0 }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} create: {e:?}"));
+        assert!(created.session_token.len() >= 40, "{protocol:?}: token too short");
+        let first_token = created.session_token.clone();
+        // One event per fact (added, user checked, metadata, lifetime): the sequence counts them.
+        let created_sequence = created.details.as_ref().expect("details").sequence;
+        assert!(created_sequence >= 1, "{protocol:?}");
+
+        // Add the password: the token rotates and the old one stops working at once.
+        let set: pb::SetSessionResponse = c
+            .call(
+                SET,
+                pb::SetSessionRequest {
+                    session_id: created.session_id.clone(),
+                    checks: password_check(PASSWORD),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} password: {e:?}"));
+        assert_ne!(set.session_token, first_token, "{protocol:?}: token must rotate");
+        let anonymous = Client::new(&server, protocol).with_token(&server.admin_token());
+        let stale = anonymous
+            .call::<_, pb::GetSessionResponse>(
+                GET,
+                pb::GetSessionRequest {
+                    session_id: created.session_id.clone(),
+                    session_token: Some(first_token.clone()),
+                },
+            )
+            .await;
+        // A token that is sent must be the current one, whoever sends it.
+        expect_code(stale, Code::PermissionDenied, &format!("{protocol:?} rotated-out token"));
+        let _: pb::GetSessionResponse = anonymous
+            .call(GET, pb::GetSessionRequest { session_id: created.session_id.clone(), session_token: None })
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?}: session.read needs no token: {e:?}"));
+
+        // The session's own token is enough to read it, for a caller without any permission.
+        let (_, nobody_token) = {
+            let m: user::AddMachineUserResponse = root
+                .call(
+                    ADD_MACHINE,
+                    user::AddMachineUserRequest {
+                        username: format!("nobody-{username}"),
+                        name: "n".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("nobody");
+            let pat: user::AddPersonalAccessTokenResponse = root
+                .call(
+                    ADD_PAT,
+                    user::AddPersonalAccessTokenRequest { user_id: m.user_id.clone(), expiration_date: None },
+                )
+                .await
+                .expect("pat");
+            (m.user_id, pat.token)
+        };
+        let nobody = Client::new(&server, protocol).with_token(&nobody_token);
+        let got: pb::GetSessionResponse = nobody
+            .call(
+                GET,
+                pb::GetSessionRequest {
+                    session_id: created.session_id.clone(),
+                    session_token: Some(set.session_token.clone()),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} get with token: {e:?}"));
+        let session = got.session.expect("session");
+        let factors = session.factors.expect("factors");
+        assert_eq!(factors.user.as_ref().expect("user factor").id, user_id);
+        assert!(factors.password.and_then(|p| p.verified_at).is_some(), "{protocol:?}: password factor");
+        assert_eq!(session.metadata.get("device").map(Vec::as_slice), Some(&b"laptop"[..]));
+        assert!(session.expiration_date.is_some(), "{protocol:?}: lifetime sets an expiration");
+        assert_eq!(session.user_agent.expect("ua").fingerprint_id.as_deref(), Some(format!("fp-{username}").as_str()));
+        assert!(session.sequence > created_sequence, "{protocol:?}: the password check is an event");
+
+        // The rotated-out token, a truncated, an extended and a case-flipped one are all refused.
+        let mut flipped: Vec<char> = set.session_token.chars().collect();
+        let at = flipped.iter().skip(4).position(char::is_ascii_alphabetic).expect("a letter") + 4;
+        flipped[at] = if flipped[at].is_ascii_uppercase() {
+            flipped[at].to_ascii_lowercase()
+        } else {
+            flipped[at].to_ascii_uppercase()
+        };
+        let flipped: String = flipped.into_iter().collect();
+        for (what, bad) in [
+            ("rotated-out", first_token.clone()),
+            ("truncated", set.session_token[..set.session_token.len() - 1].to_owned()),
+            ("extended", format!("{}A", set.session_token)),
+            ("case-flipped", flipped),
+        ] {
+            let res = nobody
+                .call::<_, pb::GetSessionResponse>(
+                    GET,
+                    pb::GetSessionRequest { session_id: created.session_id.clone(), session_token: Some(bad) },
+                )
+                .await;
+            expect_code(res, Code::PermissionDenied, &format!("{protocol:?} {what} session token"));
+        }
+        // No token and no permission: 403.
+        let res = nobody
+            .call::<_, pb::GetSessionResponse>(
+                GET,
+                pb::GetSessionRequest { session_id: created.session_id.clone(), session_token: None },
+            )
+            .await;
+        expect_code(res, Code::PermissionDenied, &format!("{protocol:?} no token"));
+
+        // The session token works as a bearer token for the user's own data.
+        let me = Client::new(&server, protocol).with_token(&set.session_token);
+        let own: user::GetUserByIdResponse = me
+            .call(GET_USER, user::GetUserByIdRequest { user_id: user_id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} bearer: {e:?}"));
+        assert_eq!(own.user.expect("user").user_id, user_id);
+
+        // Metadata: overwrite and delete by empty value; lifetime refresh.
+        let set2: pb::SetSessionResponse = c
+            .call(
+                SET,
+                pb::SetSessionRequest {
+                    session_id: created.session_id.clone(),
+                    metadata: [("device".to_owned(), Vec::new()), ("theme".to_owned(), b"dark".to_vec())]
+                        .into_iter()
+                        .collect(),
+                    lifetime: Some(pbjson_types::Duration { seconds: 60, nanos: 0 }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("metadata");
+        let got: pb::GetSessionResponse = nobody
+            .call(
+                GET,
+                pb::GetSessionRequest {
+                    session_id: created.session_id.clone(),
+                    session_token: Some(set2.session_token.clone()),
+                },
+            )
+            .await
+            .expect("get");
+        let s = got.session.expect("session");
+        assert!(
+            !s.metadata.contains_key("device") && s.metadata.contains_key("theme"),
+            "{protocol:?}: {:?}",
+            s.metadata
+        );
+
+        // Terminate with the token (the seed's call), idempotently; an unknown id is 404.
+        let deleted: pb::DeleteSessionResponse = nobody
+            .call(
+                DELETE,
+                pb::DeleteSessionRequest {
+                    session_id: created.session_id.clone(),
+                    session_token: Some(set2.session_token.clone()),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} delete: {e:?}"));
+        assert!(deleted.details.is_some());
+        let again: pb::DeleteSessionResponse = c
+            .call(DELETE, pb::DeleteSessionRequest { session_id: created.session_id.clone(), session_token: None })
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} second delete: {e:?}"));
+        assert!(again.details.is_some());
+        let res = c
+            .call::<_, pb::DeleteSessionResponse>(
+                DELETE,
+                pb::DeleteSessionRequest { session_id: "never-existed".into(), session_token: None },
+            )
+            .await;
+        expect_code(res, Code::NotFound, &format!("{protocol:?} unknown session"));
+        // A terminated session's token is no bearer token any more.
+        let res = me
+            .call::<_, user::GetUserByIdResponse>(GET_USER, user::GetUserByIdRequest { user_id: user_id.clone() })
+            .await;
+        expect_code(res, Code::Unauthenticated, &format!("{protocol:?} terminated bearer"));
+    }
+}
+
+#[tokio::test]
+async fn seed_terminate_session_v2beta_as_documented() {
+    let server = Server::start().await;
+    let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    add_user(&root, "seed-user").await;
+    let created: pb::CreateSessionResponse = root
+        .call(CREATE, pb::CreateSessionRequest { checks: user_check("seed-user"), ..Default::default() })
+        .await
+        .expect("create");
+    // An unrelated caller (no permission) terminates it with the session token, exactly as the document shows.
+    let res = server
+        .http()
+        .delete(server.url(&format!("/v2beta/sessions/{}", created.session_id)))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "sessionToken": created.session_token }).to_string())
+        .bearer_auth(&created.session_token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.expect("json");
+    let details = &body["details"];
+    assert!(details["sequence"].is_string(), "{body}");
+    let change = details["changeDate"].as_str().expect("changeDate");
+    assert!(chrono::DateTime::parse_from_rfc3339(change).is_ok() && change.ends_with('Z'), "{change}");
+    // v2 path too, and creation answers 201 on both.
+    let res = server
+        .http()
+        .post(server.url("/v2beta/sessions"))
+        .bearer_auth(server.admin_token())
+        .json(&serde_json::json!({"checks": {"user": {"loginName": "seed-user"}}}))
+        .send()
+        .await
+        .expect("create v2beta");
+    assert_eq!(res.status(), 201);
+}
+
+#[tokio::test]
+async fn credentials_errors_are_uniform_and_lockout_is_exact() {
+    let server = Server::start_with(&["--lockout-max-password-attempts", "5"]).await;
+    let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    add_user(&root, "victim").await;
+    add_user(&root, "locked-one").await;
+    // Lock one user by hand.
+    let list: user::ListUsersResponse = root
+        .call(
+            "/flowgate.user.v2.UserService/ListUsers",
+            user::ListUsersRequest {
+                queries: vec![user::SearchQuery {
+                    query: Some(user::search_query::Query::UserNameQuery(user::UserNameQuery {
+                        user_name: "locked-one".into(),
+                        method: 0,
+                    })),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    let _: user::LockUserResponse = root
+        .call(
+            "/flowgate.user.v2.UserService/LockUser",
+            user::LockUserRequest { user_id: list.result[0].user_id.clone() },
+        )
+        .await
+        .expect("lock");
+
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&server.admin_token());
+        let attempt = |login: &'static str, password: &'static str| {
+            let c = c.clone();
+            async move {
+                let checks = pb::Checks {
+                    user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName(login.into())) }),
+                    password: Some(pb::CheckPassword { password: password.into() }),
+                    ..Default::default()
+                };
+                c.call::<_, pb::CreateSessionResponse>(
+                    CREATE,
+                    pb::CreateSessionRequest { checks: Some(checks), ..Default::default() },
+                )
+                .await
+            }
+        };
+        let unknown =
+            expect_code(attempt("no-such-user", "whatever password").await, Code::FailedPrecondition, "unknown user");
+        let locked = expect_code(attempt("locked-one", PASSWORD).await, Code::FailedPrecondition, "locked user");
+        let wrong =
+            expect_code(attempt("victim", "wrong password!!").await, Code::FailedPrecondition, "wrong password");
+        assert_eq!(unknown.message, wrong.message, "{protocol:?}: unknown vs wrong");
+        assert_eq!(locked.message, wrong.message, "{protocol:?}: locked vs wrong");
+    }
+    // Three wrong attempts so far; 50 more in parallel must count exactly up to 5 and lock the user.
+    let c = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let c = c.clone();
+        tasks.push(async move {
+            let checks = pb::Checks {
+                user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName("victim".into())) }),
+                password: Some(pb::CheckPassword { password: "still wrong!!".into() }),
+                ..Default::default()
+            };
+            c.call::<_, pb::CreateSessionResponse>(
+                CREATE,
+                pb::CreateSessionRequest { checks: Some(checks), ..Default::default() },
+            )
+            .await
+        });
+    }
+    let results = futures::future::join_all(tasks).await;
+    assert!(results.iter().all(Result::is_err));
+    // The right password no longer helps: the user is locked.
+    let checks = pb::Checks {
+        user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName("victim".into())) }),
+        password: Some(pb::CheckPassword { password: PASSWORD.into() }),
+        ..Default::default()
+    };
+    let res = c
+        .call::<_, pb::CreateSessionResponse>(
+            CREATE,
+            pb::CreateSessionRequest { checks: Some(checks), ..Default::default() },
+        )
+        .await;
+    expect_code(res, Code::FailedPrecondition, "locked after the limit");
+    let list: user::ListUsersResponse = root
+        .call(
+            "/flowgate.user.v2.UserService/ListUsers",
+            user::ListUsersRequest {
+                queries: vec![user::SearchQuery {
+                    query: Some(user::search_query::Query::UserNameQuery(user::UserNameQuery {
+                        user_name: "victim".into(),
+                        method: 0,
+                    })),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(list.result[0].state, user::UserState::Locked as i32);
+    let dump = server.database_dump().await;
+    assert!(!dump.contains(PASSWORD), "passwords never stored");
+}
+
+#[tokio::test]
+async fn totp_and_email_codes_check_once() {
+    let server = Server::start().await;
+    let token = server.admin_token();
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&token);
+        let username = format!("mfa-{protocol:?}").to_lowercase();
+        let user_id = add_user(&c, &username).await;
+        let reg: user::RegisterTotpResponse =
+            c.call(REGISTER_TOTP, user::RegisterTotpRequest { user_id: user_id.clone() }).await.expect("register");
+        assert!(reg.uri.starts_with("otpauth://totp/"), "{}", reg.uri);
+        let code = flowgate_core::session::totp::code_at(&reg.secret, chrono::Utc::now()).expect("code");
+        let _: user::VerifyTotpRegistrationResponse = c
+            .call(VERIFY_TOTP, user::VerifyTotpRegistrationRequest { user_id: user_id.clone(), code })
+            .await
+            .expect("verify");
+
+        let created: pb::CreateSessionResponse = c
+            .call(
+                CREATE,
+                pb::CreateSessionRequest {
+                    checks: user_check(&username),
+                    challenges: Some(pb::RequestChallenges {
+                        otp_email: Some(pb::request_challenges::OtpEmail {
+                            delivery_type: Some(pb::request_challenges::otp_email::DeliveryType::ReturnCode(
+                                pb::request_challenges::otp_email::ReturnCode {},
+                            )),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create with challenge");
+        let email_code = created.challenges.and_then(|c| c.otp_email).expect("returned code");
+        assert!(email_code.len() == 8 && email_code.chars().all(|c| c.is_ascii_digit()), "{email_code}");
+
+        for bad in ["12345", "1234567"] {
+            let res = c
+                .call::<_, pb::SetSessionResponse>(
+                    SET,
+                    pb::SetSessionRequest {
+                        session_id: created.session_id.clone(),
+                        checks: Some(pb::Checks {
+                            totp: Some(pb::CheckTotp { code: bad.into() }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let f = expect_code(res, Code::InvalidArgument, &format!("{protocol:?} totp {bad}"));
+            assert!(f.message.contains("totp"), "{}", f.message);
+        }
+        // The registration used this time step's code, and a code works once: the check uses the next
+        // step's code, which the ±1 step window accepts.
+        let code =
+            flowgate_core::session::totp::code_at(&reg.secret, chrono::Utc::now() + chrono::TimeDelta::seconds(30))
+                .expect("code");
+        let _: pb::SetSessionResponse = c
+            .call(
+                SET,
+                pb::SetSessionRequest {
+                    session_id: created.session_id.clone(),
+                    checks: Some(pb::Checks {
+                        totp: Some(pb::CheckTotp { code }),
+                        otp_email: Some(pb::CheckOtp { code: email_code.clone() }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} totp + email: {e:?}"));
+        let reused = c
+            .call::<_, pb::SetSessionResponse>(
+                SET,
+                pb::SetSessionRequest {
+                    session_id: created.session_id.clone(),
+                    checks: Some(pb::Checks {
+                        otp_email: Some(pb::CheckOtp { code: email_code }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(reused.is_err(), "{protocol:?}: an e-mail code works once");
+        let got: pb::GetSessionResponse = c
+            .call(GET, pb::GetSessionRequest { session_id: created.session_id.clone(), session_token: None })
+            .await
+            .expect("get");
+        let f = got.session.and_then(|s| s.factors).expect("factors");
+        assert!(f.totp.is_some() && f.otp_email.is_some(), "{protocol:?}: {f:?}");
+    }
+}
+
+#[tokio::test]
+async fn bad_session_input_is_refused() {
+    let server = Server::start().await;
+    let c0 = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    add_user(&c0, "plain").await;
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&server.admin_token());
+        let res = c
+            .call::<_, pb::CreateSessionResponse>(
+                CREATE,
+                pb::CreateSessionRequest {
+                    checks: user_check("plain"),
+                    lifetime: Some(pbjson_types::Duration { seconds: -5, nanos: 0 }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let f = expect_code(res, Code::InvalidArgument, &format!("{protocol:?} negative lifetime"));
+        assert!(f.message.contains("lifetime"), "{}", f.message);
+        let res = c
+            .call::<_, pb::CreateSessionResponse>(
+                CREATE,
+                pb::CreateSessionRequest { checks: user_check(&"x".repeat(201)), ..Default::default() },
+            )
+            .await;
+        assert!(res.is_err(), "{protocol:?}: 201-character login name");
+        // Password before the user is known.
+        let res = c
+            .call::<_, pb::CreateSessionResponse>(
+                CREATE,
+                pb::CreateSessionRequest { checks: password_check(PASSWORD), ..Default::default() },
+            )
+            .await;
+        assert!(res.is_err(), "{protocol:?}: password check without a user");
+        let list: pb::ListSessionsResponse = c.call(LIST, pb::ListSessionsRequest::default()).await.expect("list");
+        assert!(list.sessions.is_empty(), "{protocol:?}: nothing half-written");
+    }
+}
+
+#[tokio::test]
+async fn deactivating_a_user_ends_its_sessions_and_lists_filter() {
+    let server = Server::start().await;
+    let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    let user_id = add_user(&root, "leaver").await;
+    let other = add_user(&root, "stayer").await;
+    let mut tokens = Vec::new();
+    for login in ["leaver", "leaver", "stayer"] {
+        let created: pb::CreateSessionResponse = root
+            .call(CREATE, pb::CreateSessionRequest { checks: user_check(login), ..Default::default() })
+            .await
+            .expect("create");
+        tokens.push((created.session_id, created.session_token));
+    }
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&server.admin_token());
+        let list: pb::ListSessionsResponse = c
+            .call(
+                LIST,
+                pb::ListSessionsRequest {
+                    queries: vec![pb::SearchQuery {
+                        query: Some(pb::search_query::Query::UserIdQuery(pb::UserIdQuery { id: user_id.clone() })),
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("list");
+        assert_eq!(list.details.expect("details").total_result, 2, "{protocol:?}");
+    }
+    let _: user::DeactivateUserResponse =
+        root.call(DEACTIVATE, user::DeactivateUserRequest { user_id: user_id.clone() }).await.expect("deactivate");
+    for (i, (id, token)) in tokens.iter().enumerate() {
+        let bearer = Client::new(&server, Protocol::Json).with_token(token);
+        let res = bearer
+            .call::<_, pb::GetSessionResponse>(
+                GET,
+                pb::GetSessionRequest { session_id: id.clone(), session_token: Some(token.clone()) },
+            )
+            .await;
+        if i < 2 {
+            assert!(res.is_err(), "the leaver's session {i} must be unusable");
+        } else {
+            assert!(res.is_ok(), "the stayer's session is untouched: {res:?}");
+        }
+    }
+    let _ = other;
+}
