@@ -17,7 +17,7 @@ pub struct Server {
     /// Bound address.
     pub addr: SocketAddr,
     /// The data directory (SQLite file, generated files), removed when the server is dropped.
-    data_dir: tempfile::TempDir,
+    data_dir: std::sync::Arc<tempfile::TempDir>,
     /// The PostgreSQL database of this server, if any.
     database_url: Option<String>,
     /// Extra flags, kept for restarts.
@@ -41,7 +41,7 @@ impl Server {
 
     /// Starts a server with extra `serve` flags.
     pub async fn start_with(extra: &[&str]) -> Server {
-        let data_dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
         let database_url = isolated_database().await;
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
         Self::spawn(data_dir, database_url, extra).await
@@ -52,14 +52,23 @@ impl Server {
         let pid = self.child.id().expect("pid");
         let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        let data_dir = self.data_dir.clone();
         let database_url = self.database_url.take();
         let extra = std::mem::take(&mut self.extra);
         drop(self);
         Self::spawn(data_dir, database_url, extra).await
     }
 
-    async fn spawn(data_dir: tempfile::TempDir, database_url: Option<String>, extra: Vec<String>) -> Server {
+    /// A second server process on the same data directory and database (as replicas run).
+    pub async fn sibling(&self) -> Server {
+        Self::spawn(self.data_dir.clone(), self.database_url.clone(), self.extra.clone()).await
+    }
+
+    async fn spawn(
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+        database_url: Option<String>,
+        extra: Vec<String>,
+    ) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowgate"));
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"])

@@ -581,6 +581,31 @@ async fn bad_session_input_is_refused() {
             )
             .await;
         assert!(res.is_err(), "{protocol:?}: 201-character login name");
+        // Control characters cannot hide in metadata keys or the user agent.
+        let res = c
+            .call::<_, pb::CreateSessionResponse>(
+                CREATE,
+                pb::CreateSessionRequest {
+                    checks: user_check("plain"),
+                    metadata: [("a\u{0}b".to_owned(), b"x".to_vec())].into_iter().collect(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let f = expect_code(res, Code::InvalidArgument, &format!("{protocol:?} NUL in a metadata key"));
+        assert!(f.message.contains("metadata"), "{}", f.message);
+        let res = c
+            .call::<_, pb::CreateSessionResponse>(
+                CREATE,
+                pb::CreateSessionRequest {
+                    checks: user_check("plain"),
+                    user_agent: Some(pb::UserAgent { description: Some("evil\u{0}".into()), ..Default::default() }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let f = expect_code(res, Code::InvalidArgument, &format!("{protocol:?} NUL in the user agent"));
+        assert!(f.message.contains("user_agent.description"), "{}", f.message);
         // Password before the user is known.
         let res = c
             .call::<_, pb::CreateSessionResponse>(
@@ -641,4 +666,75 @@ async fn deactivating_a_user_ends_its_sessions_and_lists_filter() {
         }
     }
     let _ = other;
+}
+
+#[tokio::test]
+async fn concurrent_changes_from_two_server_processes_lose_nothing() {
+    let first = Server::start().await;
+    let second = first.sibling().await;
+    let token = first.admin_token();
+    let root = Client::new(&first, Protocol::Grpc).with_token(&token);
+    add_user(&root, "busy-bee").await;
+    let created: pb::CreateSessionResponse = root
+        .call(CREATE, pb::CreateSessionRequest { checks: user_check("busy-bee"), ..Default::default() })
+        .await
+        .expect("create");
+    let start = created.details.expect("details").sequence;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let server = if i % 2 == 0 { &first } else { &second };
+        let c = Client::new(server, PROTOCOLS[i % 3]).with_token(&token);
+        let id = created.session_id.clone();
+        tasks.push(async move {
+            c.call::<_, pb::SetSessionResponse>(
+                SET,
+                pb::SetSessionRequest {
+                    session_id: id,
+                    metadata: [(format!("k{i}"), format!("v{i}").into_bytes())].into_iter().collect(),
+                    ..Default::default()
+                },
+            )
+            .await
+        });
+    }
+    let results = futures::future::join_all(tasks).await;
+    let mut applied = Vec::new();
+    for r in results {
+        match r {
+            Ok(res) => applied.push((res.details.expect("details").sequence, res.session_token)),
+            // A clean refusal is allowed; anything else is a defect.
+            Err(f) => assert_eq!(f.code, Code::Aborted, "{f:?}"),
+        }
+    }
+    assert!(!applied.is_empty());
+    applied.sort();
+    let sequences: Vec<u64> = applied.iter().map(|(s, _)| *s).collect();
+    let mut unique = sequences.clone();
+    unique.dedup();
+    assert_eq!(unique, sequences, "no two changes share a sequence");
+    let got: pb::GetSessionResponse = root
+        .call(GET, pb::GetSessionRequest { session_id: created.session_id.clone(), session_token: None })
+        .await
+        .expect("get");
+    let session = got.session.expect("session");
+    assert_eq!(session.sequence, *sequences.last().expect("one"), "the last change is the session's state");
+    assert!(session.sequence - start >= applied.len() as u64, "every applied change is an event");
+    // Each applied change added its own key: none is lost.
+    assert_eq!(session.metadata.len(), applied.len(), "{:?}", session.metadata.keys().collect::<Vec<_>>());
+    // Only the newest token is valid.
+    let nobody = Client::new(&first, Protocol::Json);
+    for (i, (_, t)) in applied.iter().enumerate() {
+        let res = nobody
+            .with_token(t)
+            .call::<_, pb::GetSessionResponse>(
+                GET,
+                pb::GetSessionRequest { session_id: created.session_id.clone(), session_token: Some(t.clone()) },
+            )
+            .await;
+        if i + 1 == applied.len() {
+            assert!(res.is_ok(), "the newest token works: {res:?}");
+        } else {
+            assert!(res.is_err(), "an older token {i} still works");
+        }
+    }
 }

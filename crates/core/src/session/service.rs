@@ -211,8 +211,10 @@ fn validate_change(change: &SessionChange) -> Result<()> {
         }
     }
     for key in metadata.keys() {
-        if key.is_empty() || key.chars().count() > MAX_TEXT {
-            v.add("metadata", format!("keys must have 1 to {MAX_TEXT} characters"));
+        // Control characters (NUL above all) have no business in a key and cannot be stored as JSON text
+        // by every backend.
+        if key.is_empty() || key.chars().count() > MAX_TEXT || key.chars().any(char::is_control) {
+            v.add("metadata", format!("keys must have 1 to {MAX_TEXT} characters and no control characters"));
             break;
         }
     }
@@ -228,6 +230,44 @@ fn validate_change(change: &SessionChange) -> Result<()> {
 }
 
 /// `current` with `changes` applied (empty value = delete); more than 1 MiB in total ⇒ InvalidArgument.
+/// Most header names a user agent may carry, and values per name; a client's real headers fit easily.
+const MAX_UA_HEADERS: usize = 50;
+const MAX_UA_HEADER_VALUES: usize = 10;
+
+/// The user agent is stored as sent, so it is bounded and free of control characters.
+fn validate_user_agent(agent: &UserAgent) -> Result<()> {
+    let UserAgent { fingerprint_id, ip, description, headers } = agent;
+    let text = |s: &str| -> std::result::Result<(), String> {
+        validate::optional_text(s, MAX_TEXT)?;
+        if s.chars().any(char::is_control) { Err("must not contain control characters".to_owned()) } else { Ok(()) }
+    };
+    let mut v = Violations::new();
+    for (field, value) in
+        [("user_agent.fingerprint_id", fingerprint_id), ("user_agent.ip", ip), ("user_agent.description", description)]
+    {
+        if let Some(value) = value {
+            v.check(field, text(value));
+        }
+    }
+    if headers.len() > MAX_UA_HEADERS {
+        v.add("user_agent.header", format!("at most {MAX_UA_HEADERS} header names"));
+    }
+    for (name, values) in headers {
+        if name.is_empty()
+            || text(name).is_err()
+            || values.len() > MAX_UA_HEADER_VALUES
+            || values.iter().any(|value| text(value).is_err())
+        {
+            v.add(
+                "user_agent.header",
+                format!("names and values must have at most {MAX_TEXT} characters, no control characters, and at most {MAX_UA_HEADER_VALUES} values"),
+            );
+            break;
+        }
+    }
+    v.finish(SESSION_INVALID)
+}
+
 fn merge_metadata(
     current: &BTreeMap<String, Vec<u8>>,
     changes: &BTreeMap<String, Vec<u8>>,
@@ -289,11 +329,7 @@ impl Sessions {
         ctx.require_instance(Permission::SessionWrite)?;
         validate_change(&change)?;
         if let Some(agent) = &user_agent {
-            let mut v = Violations::new();
-            if let Some(fingerprint) = &agent.fingerprint_id {
-                v.check("user_agent.fingerprint_id", validate::optional_text(fingerprint, MAX_TEXT));
-            }
-            v.finish(SESSION_INVALID)?;
+            validate_user_agent(agent)?;
         }
         let id = SessionId::from(self.inner.ids.new_id());
         let now = self.now();
