@@ -738,3 +738,88 @@ async fn concurrent_changes_from_two_server_processes_lose_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn list_sessions_by_every_query() {
+    let server = Server::start().await;
+    let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    let client_token = login_client(&root, "lister").await;
+    let lister = Client::new(&server, Protocol::Grpc).with_token(&client_token);
+    add_user(&root, "listed").await;
+    let before = chrono::Utc::now() - chrono::TimeDelta::seconds(5);
+    let mut ids = Vec::new();
+    for (i, lifetime) in [None, Some(60), Some(7200)].into_iter().enumerate() {
+        let created: pb::CreateSessionResponse = lister
+            .call(
+                CREATE,
+                pb::CreateSessionRequest {
+                    checks: user_check("listed"),
+                    user_agent: Some(pb::UserAgent { fingerprint_id: Some(format!("fp-{i}")), ..Default::default() }),
+                    lifetime: lifetime.map(|s| pbjson_types::Duration { seconds: s, nanos: 0 }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create");
+        ids.push(created.session_id);
+    }
+    let ts = |t: chrono::DateTime<chrono::Utc>| Some(pbjson_types::Timestamp { seconds: t.timestamp(), nanos: 0 });
+    let in_an_hour = chrono::Utc::now() + chrono::TimeDelta::seconds(3600);
+    let cases: Vec<(&str, pb::search_query::Query, usize)> = vec![
+        ("ids", pb::search_query::Query::IdsQuery(pb::IDsQuery { ids: vec![ids[0].clone(), ids[2].clone()] }), 2),
+        (
+            "creation date",
+            pb::search_query::Query::CreationDateQuery(pb::CreationDateQuery {
+                creation_date: ts(before),
+                method: flowgate::pb::flowgate::object::v2::TimestampQueryMethod::Greater as i32,
+            }),
+            3,
+        ),
+        ("creator", pb::search_query::Query::CreatorQuery(pb::CreatorQuery { id: None }), 3),
+        (
+            "fingerprint",
+            pb::search_query::Query::UserAgentQuery(pb::UserAgentQuery { fingerprint_id: Some("fp-1".into()) }),
+            1,
+        ),
+        (
+            "expiration",
+            pb::search_query::Query::ExpirationDateQuery(pb::ExpirationDateQuery {
+                expiration_date: ts(in_an_hour),
+                method: flowgate::pb::flowgate::object::v2::TimestampQueryMethod::Less as i32,
+            }),
+            1,
+        ),
+    ];
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&client_token);
+        for (what, query, expected) in &cases {
+            let list: pb::ListSessionsResponse = c
+                .call(
+                    LIST,
+                    pb::ListSessionsRequest {
+                        queries: vec![pb::SearchQuery { query: Some(query.clone()) }],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{protocol:?} {what}: {e:?}"));
+            assert_eq!(list.sessions.len(), *expected, "{protocol:?} {what}");
+            assert_eq!(list.details.expect("details").total_result, *expected as u64, "{protocol:?} {what}");
+        }
+        // Paging and sorting by creation date.
+        let page: pb::ListSessionsResponse = c
+            .call(
+                LIST,
+                pb::ListSessionsRequest {
+                    query: Some(flowgate::pb::flowgate::object::v2::ListQuery { offset: 1, limit: 1, asc: true }),
+                    sorting_column: pb::SessionFieldName::CreationDate as i32,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("page");
+        assert_eq!(page.sessions.len(), 1);
+        assert_eq!(page.sessions[0].id, ids[1], "{protocol:?}: ascending by creation, second item");
+        assert_eq!(page.details.expect("details").total_result, 3);
+    }
+}
