@@ -62,17 +62,10 @@ impl pb::administrator_service_server::AdministratorService for AdminApi {
         &self,
         req: Request<pb::CreateAdministratorRequest>,
     ) -> Result<Response<pb::CreateAdministratorResponse>, Status> {
-        let rid = request_id(&req);
-        let rid = rid.as_deref();
         let ctx = context(&req)?;
-        let pb::CreateAdministratorRequest { user_id, resource, roles: r } = req.into_inner();
-        let scope = scope(resource, &ctx, "resource", rid)?;
-        let roles = roles(&r, rid)?;
-        let d = self
-            .identity
-            .add_member(&ctx, &UserId::from(user_id), scope, roles)
-            .await
-            .map_err(|e| to_status(&e, rid))?;
+        let rid = request_id(&req);
+        let pb::CreateAdministratorRequest { user_id, resource, roles } = req.into_inner();
+        let d = self.grant(&ctx, user_id, resource, &roles, rid.as_deref()).await?;
         Ok(Response::new(pb::CreateAdministratorResponse {
             creation_date: Some(timestamp(d.change_date)),
             details: Some(details(&d)),
@@ -83,17 +76,10 @@ impl pb::administrator_service_server::AdministratorService for AdminApi {
         &self,
         req: Request<pb::UpdateAdministratorRequest>,
     ) -> Result<Response<pb::UpdateAdministratorResponse>, Status> {
-        let rid = request_id(&req);
-        let rid = rid.as_deref();
         let ctx = context(&req)?;
-        let pb::UpdateAdministratorRequest { user_id, resource, roles: r } = req.into_inner();
-        let scope = scope(resource, &ctx, "resource", rid)?;
-        let roles = roles(&r, rid)?;
-        let d = self
-            .identity
-            .add_member(&ctx, &UserId::from(user_id), scope, roles)
-            .await
-            .map_err(|e| to_status(&e, rid))?;
+        let rid = request_id(&req);
+        let pb::UpdateAdministratorRequest { user_id, resource, roles } = req.into_inner();
+        let d = self.grant(&ctx, user_id, resource, &roles, rid.as_deref()).await?;
         Ok(Response::new(pb::UpdateAdministratorResponse {
             change_date: Some(timestamp(d.change_date)),
             details: Some(details(&d)),
@@ -176,6 +162,20 @@ impl pb::administrator_service_server::AdministratorService for AdminApi {
 }
 
 impl AdminApi {
+    /// Grants (or replaces) `roles` of `user_id` on the resource: create and update mean the same.
+    async fn grant(
+        &self,
+        ctx: &CallContext,
+        user_id: String,
+        resource: Option<pb::ResourceType>,
+        r: &[String],
+        rid: Option<&str>,
+    ) -> Result<flowgate_core::event::Details, Status> {
+        let scope = scope(resource, ctx, "resource", rid)?;
+        let roles = roles(r, rid)?;
+        self.identity.add_member(ctx, &UserId::from(user_id), scope, roles).await.map_err(|e| to_status(&e, rid))
+    }
+
     /// The wire form of a membership, with the user's and organization's names where the caller may see them.
     async fn administrator(&self, ctx: &CallContext, member: Member) -> pb::Administrator {
         let Member { user_id, scope, roles, details: d } = member;

@@ -2,7 +2,6 @@
 //! request; the client speaks native gRPC, gRPC-web or REST/JSON (finding the REST route in the same
 //! binding table the server uses).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Code;
@@ -114,55 +113,18 @@ impl<'a> Client<'a> {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let mut body = BytesMut::new();
-        let msg = req.encode_to_vec();
-        body.put_u8(0);
-        body.put_u32(u32::try_from(msg.len()).expect("small"));
-        body.put_slice(&msg);
-        let mut request = self
-            .server
-            .http()
-            .post(self.server.url(path))
-            .header("content-type", "application/grpc-web+proto")
-            .header("x-grpc-web", "1")
-            .body(body.freeze());
-        for (k, v) in self.headers() {
-            request = request.header(k, v);
+        let headers = self.headers();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = self.server.grpc_web::<Req, Resp>(path, &req, &headers).await;
+        if reply.grpc_status == 0 {
+            return Ok(reply.message.unwrap_or_default());
         }
-        let res = request.send().await.expect("grpc-web send");
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let mut bytes: Bytes = res.bytes().await.expect("body");
-        let mut message = None;
-        let mut trailers = String::new();
-        while bytes.remaining() >= 5 {
-            let flag = bytes.get_u8();
-            let len = bytes.get_u32() as usize;
-            let frame = bytes.split_to(len.min(bytes.remaining()));
-            if flag & 0x80 != 0 {
-                trailers.push_str(&String::from_utf8_lossy(&frame));
-            } else {
-                message = Some(Resp::decode(frame).expect("decode"));
-            }
-        }
-        let mut fields: Vec<(String, String)> = trailers
-            .split("\r\n")
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        for key in ["grpc-status", "grpc-message"] {
-            if let Some(v) = headers.get(key).and_then(|v| v.to_str().ok()) {
-                fields.push((key.to_owned(), v.to_owned()));
-            }
-        }
-        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        let code = get("grpc-status").and_then(|s| s.parse::<i32>().ok()).unwrap_or(2);
-        if code == 0 {
-            return Ok(message.unwrap_or_default());
-        }
-        let raw = get("grpc-message").unwrap_or_default();
-        let message = percent_encoding::percent_decode_str(&raw).decode_utf8_lossy().into_owned();
-        Err(Failure { code: Code::from_i32(code), http_status: Some(status), message, body: None })
+        Err(Failure {
+            code: Code::from_i32(reply.grpc_status),
+            http_status: Some(reply.http_status),
+            message: reply.grpc_message,
+            body: None,
+        })
     }
 
     async fn json<Req, Resp>(&self, path: &str, req: Req) -> Result<Resp, Failure>

@@ -11,19 +11,10 @@ use flowgate_core::system::StoreStatus;
 use flowgate_core::{Error, ErrorKind};
 use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
 use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
-use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
+use flowgate_store::{StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
 const LATEST_MIGRATION: &str = "m20261124_000003_sessions";
-
-/// One database for one test; removed again when the test passes.
-struct TestDb {
-    store: Store,
-    /// Keeps the SQLite directory alive for the test's duration.
-    _dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL database to drop at the end.
-    postgres_url: Option<String>,
-}
 
 fn config(url: Option<String>, data_dir: std::path::PathBuf) -> StoreConfig {
     StoreConfig {
@@ -37,61 +28,10 @@ fn config(url: Option<String>, data_dir: std::path::PathBuf) -> StoreConfig {
     }
 }
 
-impl TestDb {
-    async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // A nested, missing directory also checks that the default location is created.
-        let store = Store::connect(&config(None, dir.path().join("data"))).await.expect("connect to SQLite");
-        assert_eq!(store.backend(), Backend::Sqlite);
-        TestDb { store, _dir: Some(dir), postgres_url: None }
-    }
-
-    async fn postgres() -> Option<TestDb> {
-        let base = std::env::var("FLOWGATE_TEST_DATABASE_URL").ok().filter(|url| !url.is_empty())?;
-        let url = testing::isolated_database_url(&base).await.expect("create a PostgreSQL test database");
-        let store = Store::connect(&config(Some(url.clone()), std::env::temp_dir())).await.expect("connect");
-        assert_eq!(store.backend(), Backend::Postgres);
-        Some(TestDb { store, _dir: None, postgres_url: Some(url) })
-    }
-
-    async fn finish(self) {
-        self.store.close().await;
-        if let Some(url) = self.postgres_url {
-            testing::drop_isolated_database(&url).await.expect("drop the test database");
-        }
-    }
-}
-
-/// Generates one `#[tokio::test]` per scenario and backend.
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::TestDb::sqlite().await;
-                    super::$name(&db.store).await;
-                    db.finish().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = super::TestDb::postgres().await else {
-                        eprintln!("FLOWGATE_TEST_DATABASE_URL is not set; PostgreSQL variant skipped");
-                        return;
-                    };
-                    super::$name(&db.store).await;
-                    db.finish().await;
-                }
-            )*
-        }
-    };
-}
+use crate::common::scenarios;
 
 scenarios!(
+    config = super::config, migrate = false;
     migrate_is_idempotent,
     append_numbers_events_and_answers_details,
     expected_sequence_mismatch_writes_nothing,
@@ -550,7 +490,7 @@ async fn stale_database_cleanup_spares_young_ones() {
 
 #[tokio::test]
 async fn sqlite_connections_use_wal_normal_and_foreign_keys() {
-    let db = TestDb::sqlite().await;
+    let db = crate::common::TestDb::sqlite(config).await;
     for (role, conn) in [("writer", db.store.writer()), ("reader", db.store.reader())] {
         let pragma = async |name: &str| -> String {
             let row = conn.query_one_raw(Statement::from_string(DbBackend::Sqlite, format!("PRAGMA {name}")));

@@ -14,78 +14,13 @@ use flowgate_core::session::ports::{
 use flowgate_core::session::{
     Factors, LockoutKind, OtpKind, Session, SessionFilter, SessionId, TimestampMethod, UserAgent, UserFactor,
 };
-use flowgate_store::{Backend, Store, StoreConfig, identity, session, testing};
+use flowgate_store::{Store, identity, session};
 use serde_json::json;
 
-/// One database for one test; removed again when the test passes.
-struct TestDb {
-    store: Store,
-    /// Keeps the SQLite directory alive for the test's duration.
-    _dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL database to drop at the end.
-    postgres_url: Option<String>,
-}
-
-fn config(url: Option<String>, data_dir: std::path::PathBuf) -> StoreConfig {
-    StoreConfig { url, data_dir, max_connections: 8, write_attempts: 5, ..StoreConfig::default() }
-}
-
-impl TestDb {
-    async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::connect(&config(None, dir.path().join("data"))).await.expect("connect to SQLite");
-        assert_eq!(store.backend(), Backend::Sqlite);
-        TestDb { store, _dir: Some(dir), postgres_url: None }
-    }
-
-    async fn postgres() -> Option<TestDb> {
-        let base = std::env::var("FLOWGATE_TEST_DATABASE_URL").ok().filter(|url| !url.is_empty())?;
-        let url = testing::isolated_database_url(&base).await.expect("create a PostgreSQL test database");
-        let store = Store::connect(&config(Some(url.clone()), std::env::temp_dir())).await.expect("connect");
-        assert_eq!(store.backend(), Backend::Postgres);
-        Some(TestDb { store, _dir: None, postgres_url: Some(url) })
-    }
-
-    async fn finish(self) {
-        self.store.close().await;
-        if let Some(url) = self.postgres_url {
-            testing::drop_isolated_database(&url).await.expect("drop the test database");
-        }
-    }
-}
-
-/// Generates one `#[tokio::test]` per scenario and backend; each scenario gets a migrated store.
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::TestDb::sqlite().await;
-                    db.store.migrate().await.expect("migrate");
-                    super::$name(&db.store).await;
-                    db.finish().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = super::TestDb::postgres().await else {
-                        eprintln!("FLOWGATE_TEST_DATABASE_URL is not set; PostgreSQL variant skipped");
-                        return;
-                    };
-                    db.store.migrate().await.expect("migrate");
-                    super::$name(&db.store).await;
-                    db.finish().await;
-                }
-            )*
-        }
-    };
-}
+use crate::common::scenarios;
 
 scenarios!(
+    config = crate::common::default_config, migrate = true;
     sessions_are_created_read_and_listed,
     list_filters_and_paging,
     token_rotation_and_expected_sequence,
@@ -260,7 +195,7 @@ async fn sessions_are_created_read_and_listed(store: &Store) {
     twin.token_hash = "other".into();
     assert_err(repos.sessions.create(&twin, ACTOR).await, ErrorKind::Aborted, "STORE-sequence-mismatch");
     assert_err(
-        repos.sessions.create(&crate::record("s2", "c", "hash-s1"), ACTOR).await,
+        repos.sessions.create(&crate::session::record("s2", "c", "hash-s1"), ACTOR).await,
         ErrorKind::AlreadyExists,
         session::SESSION_TOKEN_HASH_TAKEN,
     );
@@ -268,7 +203,7 @@ async fn sessions_are_created_read_and_listed(store: &Store) {
     assert!(events(store, "session", "s2").await.is_empty());
 
     // A session without user, user agent or metadata.
-    let bare = repos.sessions.create(&crate::record("s3", "c", "hash-s3"), ACTOR).await.expect("create");
+    let bare = repos.sessions.create(&crate::session::record("s3", "c", "hash-s3"), ACTOR).await.expect("create");
     assert_eq!(
         (bare.factors, bare.user_agent, bare.metadata.len(), bare.expiration),
         (Factors::default(), None, 0, None)

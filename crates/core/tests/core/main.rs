@@ -1,0 +1,4 @@
+//! The identity and session use cases against in-memory fakes of their ports, in one test binary.
+
+mod identity;
+mod session;
