@@ -823,3 +823,81 @@ async fn list_sessions_by_every_query() {
         assert_eq!(page.details.expect("details").total_result, 3);
     }
 }
+
+#[tokio::test]
+async fn expired_sessions_are_listed_and_deletable_but_refuse_checks_and_bearer_use() {
+    let server = Server::start().await;
+    let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
+    add_user(&root, "shortlived").await;
+    add_user(&root, "neighbour").await;
+    let short: pb::CreateSessionResponse = root
+        .call(
+            CREATE,
+            pb::CreateSessionRequest {
+                checks: user_check("shortlived"),
+                lifetime: Some(pbjson_types::Duration { seconds: 1, nanos: 0 }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    let other: pb::CreateSessionResponse = root
+        .call(CREATE, pb::CreateSessionRequest { checks: user_check("neighbour"), ..Default::default() })
+        .await
+        .expect("create");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&server.admin_token());
+        let res = c
+            .call::<_, pb::SetSessionResponse>(
+                SET,
+                pb::SetSessionRequest {
+                    session_id: short.session_id.clone(),
+                    checks: password_check(PASSWORD),
+                    ..Default::default()
+                },
+            )
+            .await;
+        expect_code(res, Code::FailedPrecondition, &format!("{protocol:?} check on an expired session"));
+        let bearer = Client::new(&server, protocol).with_token(&short.session_token);
+        let res = bearer.call::<_, pb::ListSessionsResponse>(LIST, pb::ListSessionsRequest::default()).await;
+        expect_code(res, Code::Unauthenticated, &format!("{protocol:?} expired session as bearer"));
+        // Another session's token does not open this one.
+        let res = Client::new(&server, protocol)
+            .with_token(&other.session_token)
+            .call::<_, pb::GetSessionResponse>(
+                GET,
+                pb::GetSessionRequest {
+                    session_id: short.session_id.clone(),
+                    session_token: Some(other.session_token.clone()),
+                },
+            )
+            .await;
+        expect_code(res, Code::PermissionDenied, &format!("{protocol:?} other session's token"));
+        let list: pb::ListSessionsResponse = c
+            .call(
+                LIST,
+                pb::ListSessionsRequest {
+                    queries: vec![pb::SearchQuery {
+                        query: Some(pb::search_query::Query::IdsQuery(pb::IDsQuery {
+                            ids: vec![short.session_id.clone()],
+                        })),
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("list");
+        assert_eq!(list.sessions.len(), 1, "{protocol:?}: expired sessions are still listed");
+    }
+    let _: pb::DeleteSessionResponse = root
+        .call(
+            DELETE,
+            pb::DeleteSessionRequest {
+                session_id: short.session_id.clone(),
+                session_token: Some(short.session_token.clone()),
+            },
+        )
+        .await
+        .expect("an expired session can be deleted");
+}
