@@ -348,7 +348,24 @@ pub async fn build_app(
         .fallback_service(dispatch)
         .layer(cors(&config.cors_origins))
         .layer(from_fn_with_state(metrics, http_metrics::middleware))
-        .layer(from_fn(request_id::middleware)))
+        .layer(from_fn(request_id::middleware))
+        .layer(from_fn_with_state(Arc::new(config.trusted_proxies.clone()), forwarding_middleware)))
+}
+
+/// `x-forwarded-for` is believed only from configured proxies; from anyone else it is dropped here, so
+/// no protocol (native gRPC included) hands a forged client address to a service.
+async fn forwarding_middleware(
+    State(trusted): State<Arc<Vec<flowgate_gateway::IpNet>>>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let trusted_peer = peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)));
+    if !trusted_peer {
+        req.headers_mut().remove("x-forwarded-for");
+        req.headers_mut().remove("forwarded");
+    }
+    next.run(req).await
 }
 
 /// Liveness: the process answers.
