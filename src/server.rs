@@ -198,7 +198,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let (identity, sessions) = sessions(&config, &store, identity(&config, &store)?)?;
     bootstrap(&identity, &config.data_dir).await?;
-    let app = build_app(&config, store.clone(), identity, sessions).await?;
+    let app = build_app(&config, store.clone(), identity, sessions, schema_version.clone()).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let signal = ShutdownSignal::install()?;
@@ -273,6 +273,7 @@ pub async fn build_app(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         commit: env!("FLOWGATE_GIT_COMMIT").to_owned(),
         families: api_families(&services, &bindings),
+        schema_version,
         started,
         start_time: chrono::Utc::now(),
     });

@@ -76,6 +76,9 @@ pub struct BuildFacts {
     pub commit: String,
     /// The served API families.
     pub families: Vec<ApiFamily>,
+    /// Newest migration applied when this process started. Read once: the schema only changes by a
+    /// migration at start-up, and GetInfo should cost no database round trip.
+    pub schema_version: String,
     /// When the server started (monotonic, for uptime).
     pub started: Instant,
     /// When the server started (wall clock).
@@ -88,7 +91,7 @@ pub async fn get_info(facts: &BuildFacts, store: &dyn StoreStatus) -> Result<Sys
         version: facts.version.clone(),
         commit: facts.commit.clone(),
         backend: store.backend(),
-        schema_version: store.schema_version().await?,
+        schema_version: facts.schema_version.clone(),
         uptime: facts.started.elapsed(),
         start_time: facts.start_time,
         families: facts.families.clone(),
