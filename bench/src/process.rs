@@ -228,7 +228,8 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
         Self {
             cpu,
-            cores: allowed_cores().map(|c| c.len()).unwrap_or(0),
+            // The load generator's threads are pinned by now: the layout knows every core of the run.
+            cores: layout.server.len() + layout.client.len(),
             server_cores: layout.server.clone(),
             client_cores: layout.client.clone(),
             memory_mib: memory_kib / 1024,
