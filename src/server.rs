@@ -259,6 +259,7 @@ pub async fn build_app(
     store: Store,
     identity: Identity,
     sessions: Sessions,
+    schema_version: String,
 ) -> Result<Router, ServeError> {
     let started = Instant::now();
     let pool =
