@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
@@ -328,13 +328,72 @@ impl PasswordHasher {
     }
 }
 
+thread_local! {
+    /// argon2's working memory (m KiB), kept per hashing thread. Allocating and freeing ~19 MiB per check
+    /// makes glibc raise its mmap threshold and keep the pages in per-thread arenas, so RSS grew to
+    /// hundreds of MiB under load; one reused buffer per thread bounds it to about threads × m.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs argon2 into `out` using this thread's reusable working memory.
+fn argon2_into(
+    argon: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> std::result::Result<(), argon2::Error> {
+    ARGON2_MEMORY.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        let needed = argon.params().block_count();
+        if blocks.len() < needed {
+            blocks.resize(needed, argon2::Block::default());
+        }
+        argon.hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+    })
+}
+
+/// Equal-length byte strings compared without an early exit.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn hash_with(params: &Params, password: &[u8]) -> Result<String> {
     let mut salt = [0u8; 16];
     OsRng.try_fill_bytes(&mut salt).map_err(|e| Error::internal("PASSWORD-rng", e))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal("PASSWORD-salt", e))?;
+    let salt_string = SaltString::encode_b64(&salt).map_err(|e| Error::internal("PASSWORD-salt", e))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    let hash = argon.hash_password(password, &salt).map_err(|e| Error::internal("PASSWORD-hash", e))?;
+    let mut out = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    argon2_into(&argon, password, &salt, &mut out).map_err(|e| Error::internal("PASSWORD-hash", e))?;
+    let output = argon2::password_hash::Output::new(&out).map_err(|e| Error::internal("PASSWORD-hash", e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: params.try_into().map_err(|e| Error::internal("PASSWORD-hash", e))?,
+        salt: Some(salt_string.as_salt()),
+        hash: Some(output),
+    };
     Ok(hash.to_string())
+}
+
+/// Verifies a stored argon2 PHC string with the thread's reusable memory (see [`argon2_into`]).
+fn verify_argon2(password: &[u8], parsed: &PasswordHash<'_>) -> bool {
+    let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) =
+        (Algorithm::try_from(parsed.algorithm), Params::try_from(parsed), parsed.salt, parsed.hash)
+    else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    argon2_into(&argon, password, salt, &mut out).is_ok() && same_bytes(&out, expected.as_bytes())
 }
 
 fn verify_with(password: &[u8], hash: &str) -> bool {
@@ -345,7 +404,7 @@ fn verify_with(password: &[u8], hash: &str) -> bool {
         }
         Some(HashScheme::Argon2id | HashScheme::Argon2i | HashScheme::Argon2d) => match PasswordHash::new(hash) {
             // The verifier takes algorithm, version and parameters from the stored hash.
-            Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+            Ok(parsed) => verify_argon2(password, &parsed),
             Err(_) => false,
         },
         // A stored hash the server cannot verify is a data problem; it must not become an oracle, so it
@@ -356,7 +415,35 @@ fn verify_with(password: &[u8], hash: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+
     use super::*;
+
+    #[test]
+    fn reused_memory_hashes_agree_with_the_reference_implementation() {
+        let params = Params::new(1024, 2, 1, None).expect("params");
+        // Ours → reference verifier.
+        let ours = hash_with(&params, b"s3cret passw0rd").expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("phc");
+        assert!(Argon2::default().verify_password(b"s3cret passw0rd", &parsed).is_ok(), "{ours}");
+        assert!(Argon2::default().verify_password(b"s3cret passw0rd!", &parsed).is_err());
+        // Reference hasher → ours, for argon2id and argon2i, twice on one thread (memory reused).
+        for algorithm in [Algorithm::Argon2id, Algorithm::Argon2i] {
+            let salt = SaltString::encode_b64(b"0123456789abcdef").expect("salt");
+            let reference = Argon2::new(algorithm, Version::V0x13, params.clone())
+                .hash_password(b"another one", &salt)
+                .expect("reference hash")
+                .to_string();
+            for _ in 0..2 {
+                assert!(verify_with(b"another one", &reference), "{reference}");
+                assert!(!verify_with(b"another on", &reference));
+            }
+        }
+        // Larger memory after smaller memory on the same thread still verifies.
+        let bigger = Params::new(4096, 1, 1, None).expect("params");
+        let big = hash_with(&bigger, b"x-long-enough").expect("hash");
+        assert!(verify_with(b"x-long-enough", &big));
+    }
 
     #[test]
     fn policy_counts_bytes() {
