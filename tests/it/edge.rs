@@ -105,7 +105,27 @@ async fn transport_errors_in_the_zitadel_dialect() {
         .grpc_web::<_, pb::GetInfoResponse>("/flowgate.system.v1.SystemService/Nope", &pb::GetInfoRequest {}, &[])
         .await;
     assert_eq!(reply.grpc_status, 12);
-    // gRPC message over the body limit → ResourceExhausted, not a crash.
+    // A gRPC or gRPC-web message over the body limit is refused by the codec, not handled, and the
+    // server stays fine.
+    let big = flowgate::pb::flowgate::user::v2::AddMachineUserRequest {
+        username: "x".repeat(4096),
+        name: "big".into(),
+        ..Default::default()
+    };
+    for protocol in [crate::harness::Protocol::Grpc, crate::harness::Protocol::GrpcWeb] {
+        let c = crate::client::Client::new(&server, protocol).with_token(&server.admin_token());
+        let res = c
+            .call::<_, flowgate::pb::flowgate::user::v2::AddMachineUserResponse>(
+                "/flowgate.user.v2.UserService/AddMachineUser",
+                big.clone(),
+            )
+            .await;
+        let failure = res.expect_err("oversized message");
+        assert!(
+            matches!(failure.code, tonic::Code::ResourceExhausted | tonic::Code::OutOfRange),
+            "{protocol:?}: {failure:?}"
+        );
+    }
     let mut client = SystemServiceClient::new(server.channel().await);
     let _ = client.get_info(pb::GetInfoRequest {}).await.expect("still fine");
 }
