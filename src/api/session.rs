@@ -30,7 +30,7 @@ impl SessionApi {
     }
 }
 
-fn checks(c: Option<pb::Checks>, prefix: &str, rid: Option<&str>) -> Result<Checks, Status> {
+fn checks(c: Option<pb::Checks>, prefix: &str) -> Result<Checks, Status> {
     let Some(pb::Checks { user, password, web_auth_n, idp_intent, totp, otp_sms, otp_email }) = c else {
         return Ok(Checks::default());
     };
@@ -42,7 +42,6 @@ fn checks(c: Option<pb::Checks>, prefix: &str, rid: Option<&str>) -> Result<Chec
         Some(pb::check_user::Search::UserId(id)) => Some(UserCheck::Id(UserId::from(id))),
         Some(pb::check_user::Search::LoginName(name)) => Some(UserCheck::LoginName(name)),
     };
-    let _ = rid;
     Ok(Checks {
         user,
         password: password.map(|p| p.password),
@@ -227,7 +226,7 @@ impl pb::session_service_server::SessionService for SessionApi {
         let pb::CreateSessionRequest { checks: c, metadata, challenges, user_agent: ua, lifetime: lt } =
             req.into_inner();
         let change = SessionChange {
-            checks: checks(c, "checks", rid)?,
+            checks: checks(c, "checks")?,
             metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
             challenges: challenge_request(challenges, "challenges")?,
             lifetime: lifetime(lt),
@@ -254,7 +253,7 @@ impl pb::session_service_server::SessionService for SessionApi {
         let pb::SetSessionRequest { session_id, session_token: _, checks: c, metadata, challenges, lifetime: lt } =
             req.into_inner();
         let change = SessionChange {
-            checks: checks(c, "checks", rid)?,
+            checks: checks(c, "checks")?,
             metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
             challenges: challenge_request(challenges, "challenges")?,
             lifetime: lifetime(lt),

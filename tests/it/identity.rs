@@ -433,7 +433,7 @@ async fn org_owners_stay_in_their_org_and_instance_owners_switch_with_the_header
     grant(&root, &owner_a, Some(&org_a), "ORG_OWNER").await;
     let b_user: user::AddHumanUserResponse =
         root.call(ADD_HUMAN, human("bob", Some(&org_b), None)).await.expect("user in B");
-    let (plain, plain_token) = add_machine_with_token(&root, "no-roles", &org_a).await;
+    let (_, plain_token) = add_machine_with_token(&root, "no-roles", &org_a).await;
 
     for protocol in PROTOCOLS {
         let a = Client::new(&server, protocol).with_token(&owner_a_token);
@@ -477,7 +477,6 @@ async fn org_owners_stay_in_their_org_and_instance_owners_switch_with_the_header
         let nobody = Client::new(&server, protocol).with_token(&plain_token);
         let res = nobody.call::<_, user::AddHumanUserResponse>(ADD_HUMAN, human("eve", None, None)).await;
         assert_code(res, Code::PermissionDenied, 403, &format!("{protocol:?} no roles"));
-        let _ = &plain;
 
         // The instance owner switches organizations with the header.
         let root_p = Client::new(&server, protocol).with_token(&server.admin_token());

@@ -624,7 +624,7 @@ async fn deactivating_a_user_ends_its_sessions_and_lists_filter() {
     let server = Server::start().await;
     let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
     let user_id = add_user(&root, "leaver").await;
-    let other = add_user(&root, "stayer").await;
+    add_user(&root, "stayer").await;
     let mut tokens = Vec::new();
     for login in ["leaver", "leaver", "stayer"] {
         let created: pb::CreateSessionResponse = root
@@ -665,7 +665,6 @@ async fn deactivating_a_user_ends_its_sessions_and_lists_filter() {
             assert!(res.is_ok(), "the stayer's session is untouched: {res:?}");
         }
     }
-    let _ = other;
 }
 
 #[tokio::test]
