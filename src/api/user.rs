@@ -5,7 +5,9 @@ use flowgate_core::identity::model::{
     Email, Human, Machine, OrgFilter, OrgId, PersonalAccessToken, Phone, Profile, TextMethod, User, UserFilter, UserId,
     UserKind, UserKindFilter, UserSort, UserState,
 };
-use flowgate_core::identity::{HumanUpdate, Identity, NewHuman, NewMachine, NewPassword, PasswordVerification};
+use flowgate_core::identity::{
+    HumanUpdate, Identity, NewHuman, NewMachine, NewPassword, PasswordChange, PasswordVerification,
+};
 use flowgate_core::session::Sessions;
 use tonic::{Request, Response, Status};
 
@@ -318,36 +320,40 @@ impl pb::user_service_server::UserService for UserApi {
         };
         // An empty phone number removes the phone.
         let phone = ph.map(|p| if p.phone.is_empty() { None } else { phone(Some(p)) });
-        let update = HumanUpdate { username, profile, email, phone };
-        let mut last = self.identity.update_human(&ctx, &user_id, update).await.map_err(|e| to_status(&e, rid))?;
-        if let Some(pb::SetPassword { password_type, verification }) = password {
-            let (new_password, change_required) = match password_type {
-                Some(pb::set_password::PasswordType::Password(pb::Password { password, change_required })) => {
-                    (password, change_required)
-                }
-                Some(pb::set_password::PasswordType::HashedPassword(_)) => {
-                    return Err(invalid("password.hashed_password", "is only accepted when a user is created", rid));
-                }
-                None => return Err(invalid("password.password", "is required", rid)),
-            };
-            let verification = password_verification(
-                verification.map(|v| match v {
-                    pb::set_password::Verification::CurrentPassword(p) => {
-                        pb::set_password_request::Verification::CurrentPassword(p)
+        let password = match password {
+            None => None,
+            Some(pb::SetPassword { password_type, verification }) => {
+                let (password, change_required) = match password_type {
+                    Some(pb::set_password::PasswordType::Password(pb::Password { password, change_required })) => {
+                        (password, change_required)
                     }
-                    pb::set_password::Verification::VerificationCode(c) => {
-                        pb::set_password_request::Verification::VerificationCode(c)
+                    Some(pb::set_password::PasswordType::HashedPassword(_)) => {
+                        return Err(invalid(
+                            "password.hashed_password",
+                            "is only accepted when a user is created",
+                            rid,
+                        ));
                     }
-                }),
-                "password",
-                rid,
-            )?;
-            last = self
-                .identity
-                .set_password(&ctx, &user_id, &new_password, verification, change_required)
-                .await
-                .map_err(|e| to_status(&e, rid))?;
-        }
+                    None => return Err(invalid("password.password", "is required", rid)),
+                };
+                let verification = password_verification(
+                    verification.map(|v| match v {
+                        pb::set_password::Verification::CurrentPassword(p) => {
+                            pb::set_password_request::Verification::CurrentPassword(p)
+                        }
+                        pb::set_password::Verification::VerificationCode(c) => {
+                            pb::set_password_request::Verification::VerificationCode(c)
+                        }
+                    }),
+                    "password",
+                    rid,
+                )?;
+                Some(PasswordChange { password, verification, change_required })
+            }
+        };
+        // One use case: a refused password leaves the rest of the update unwritten.
+        let update = HumanUpdate { username, profile, email, phone, password };
+        let last = self.identity.update_human(&ctx, &user_id, update).await.map_err(|e| to_status(&e, rid))?;
         Ok(Response::new(pb::UpdateHumanUserResponse {
             details: Some(details(&last)),
             email_code: None,

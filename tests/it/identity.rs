@@ -741,3 +741,54 @@ async fn admin_create_token_prints_a_working_token() {
         assert_eq!(me.user.expect("user").username, "ops-bot");
     }
 }
+
+#[tokio::test]
+async fn a_refused_password_leaves_the_rest_of_an_update_unwritten() {
+    let server = Server::start().await;
+    let token = server.admin_token();
+    for protocol in PROTOCOLS {
+        let c = Client::new(&server, protocol).with_token(&token);
+        let added: user::AddHumanUserResponse = c
+            .call(ADD_HUMAN, human(&format!("atomic-{protocol:?}").to_lowercase(), None, Some(PASSWORD_FOR_UPDATE)))
+            .await
+            .expect("add");
+        for (what, password, verification) in [
+            ("too short", "short", None),
+            (
+                "wrong current password",
+                "a perfectly fine new password",
+                Some(user::set_password::Verification::CurrentPassword("not the current one".into())),
+            ),
+        ] {
+            let res = c
+                .call::<_, user::UpdateHumanUserResponse>(
+                    UPDATE_HUMAN,
+                    user::UpdateHumanUserRequest {
+                        user_id: added.user_id.clone(),
+                        profile: Some(user::SetHumanProfile {
+                            given_name: "Changed".into(),
+                            family_name: "Name".into(),
+                            ..Default::default()
+                        }),
+                        password: Some(user::SetPassword {
+                            password_type: Some(user::set_password::PasswordType::Password(user::Password {
+                                password: password.into(),
+                                change_required: false,
+                            })),
+                            verification,
+                        }),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let failure = assert_code(res, Code::InvalidArgument, 400, &format!("{protocol:?} {what}"));
+            assert!(failure.message.contains("password"), "{protocol:?} {what}: {}", failure.message);
+            let got: user::GetUserByIdResponse =
+                c.call(GET_USER, user::GetUserByIdRequest { user_id: added.user_id.clone() }).await.expect("get");
+            let Some(user::user::Type::Human(h)) = got.user.expect("user").r#type else { panic!("human") };
+            assert_eq!(h.profile.expect("profile").given_name, "Ada", "{protocol:?} {what}: profile must be unchanged");
+        }
+    }
+}
+
+const PASSWORD_FOR_UPDATE: &str = "the first good password";

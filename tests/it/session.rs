@@ -353,108 +353,44 @@ async fn seed_terminate_session_v2beta_as_documented() {
 async fn credentials_errors_are_uniform_and_lockout_is_exact() {
     let server = Server::start_with(&["--lockout-max-password-attempts", "5"]).await;
     let root = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
-    add_user(&root, "victim").await;
-    add_user(&root, "locked-one").await;
-    // Lock one user by hand.
-    let list: user::ListUsersResponse = root
-        .call(
-            "/flowgate.user.v2.UserService/ListUsers",
-            user::ListUsersRequest {
-                queries: vec![user::SearchQuery {
-                    query: Some(user::search_query::Query::UserNameQuery(user::UserNameQuery {
-                        user_name: "locked-one".into(),
-                        method: 0,
-                    })),
-                }],
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("list");
+    let victim = add_user(&root, "victim").await;
+    let locked = add_user(&root, "locked-one").await;
     let _: user::LockUserResponse = root
-        .call(
-            "/flowgate.user.v2.UserService/LockUser",
-            user::LockUserRequest { user_id: list.result[0].user_id.clone() },
-        )
+        .call("/flowgate.user.v2.UserService/LockUser", user::LockUserRequest { user_id: locked })
         .await
         .expect("lock");
 
     for protocol in PROTOCOLS {
         let c = Client::new(&server, protocol).with_token(&server.admin_token());
-        let attempt = |login: &'static str, password: &'static str| {
-            let c = c.clone();
-            async move {
-                let checks = pb::Checks {
-                    user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName(login.into())) }),
-                    password: Some(pb::CheckPassword { password: password.into() }),
-                    ..Default::default()
-                };
-                c.call::<_, pb::CreateSessionResponse>(
-                    CREATE,
-                    pb::CreateSessionRequest { checks: Some(checks), ..Default::default() },
-                )
-                .await
-            }
-        };
         let unknown =
-            expect_code(attempt("no-such-user", "whatever password").await, Code::FailedPrecondition, "unknown user");
-        let locked = expect_code(attempt("locked-one", PASSWORD).await, Code::FailedPrecondition, "locked user");
+            expect_code(login(&c, "no-such-user", "whatever password").await, Code::FailedPrecondition, "unknown user");
+        let locked = expect_code(login(&c, "locked-one", PASSWORD).await, Code::FailedPrecondition, "locked user");
         let wrong =
-            expect_code(attempt("victim", "wrong password!!").await, Code::FailedPrecondition, "wrong password");
+            expect_code(login(&c, "victim", "wrong password!!").await, Code::FailedPrecondition, "wrong password");
         assert_eq!(unknown.message, wrong.message, "{protocol:?}: unknown vs wrong");
         assert_eq!(locked.message, wrong.message, "{protocol:?}: locked vs wrong");
     }
     // Three wrong attempts so far; 50 more in parallel must count exactly up to 5 and lock the user.
     let c = Client::new(&server, Protocol::Grpc).with_token(&server.admin_token());
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let c = c.clone();
-        tasks.push(async move {
-            let checks = pb::Checks {
-                user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName("victim".into())) }),
-                password: Some(pb::CheckPassword { password: "still wrong!!".into() }),
-                ..Default::default()
-            };
-            c.call::<_, pb::CreateSessionResponse>(
-                CREATE,
-                pb::CreateSessionRequest { checks: Some(checks), ..Default::default() },
-            )
-            .await
-        });
-    }
-    let results = futures::future::join_all(tasks).await;
+    let results = futures::future::join_all((0..50).map(|_| login(&c, "victim", "still wrong!!"))).await;
     assert!(results.iter().all(Result::is_err));
     // The right password no longer helps: the user is locked.
-    let checks = pb::Checks {
-        user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName("victim".into())) }),
-        password: Some(pb::CheckPassword { password: PASSWORD.into() }),
-        ..Default::default()
-    };
-    let res = c
-        .call::<_, pb::CreateSessionResponse>(
-            CREATE,
-            pb::CreateSessionRequest { checks: Some(checks), ..Default::default() },
-        )
-        .await;
-    expect_code(res, Code::FailedPrecondition, "locked after the limit");
-    let list: user::ListUsersResponse = root
-        .call(
-            "/flowgate.user.v2.UserService/ListUsers",
-            user::ListUsersRequest {
-                queries: vec![user::SearchQuery {
-                    query: Some(user::search_query::Query::UserNameQuery(user::UserNameQuery {
-                        user_name: "victim".into(),
-                        method: 0,
-                    })),
-                }],
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("list");
-    assert_eq!(list.result[0].state, user::UserState::Locked as i32);
+    expect_code(login(&c, "victim", PASSWORD).await, Code::FailedPrecondition, "locked after the limit");
+    let got: user::GetUserByIdResponse =
+        root.call(GET_USER, user::GetUserByIdRequest { user_id: victim }).await.expect("get");
+    assert_eq!(got.user.expect("user").state, user::UserState::Locked as i32);
     let dump = server.database_dump().await;
     assert!(!dump.contains(PASSWORD), "passwords never stored");
+}
+
+/// One login attempt: user by login name and password in a single CreateSession.
+async fn login(c: &Client<'_>, login_name: &str, password: &str) -> Result<pb::CreateSessionResponse, Failure> {
+    let checks = pb::Checks {
+        user: Some(pb::CheckUser { search: Some(pb::check_user::Search::LoginName(login_name.into())) }),
+        password: Some(pb::CheckPassword { password: password.into() }),
+        ..Default::default()
+    };
+    c.call(CREATE, pb::CreateSessionRequest { checks: Some(checks), ..Default::default() }).await
 }
 
 #[tokio::test]

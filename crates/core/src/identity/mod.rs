@@ -18,5 +18,5 @@ pub use ports::{
 };
 pub use service::{
     ADMIN_USERNAME, AUTH_ORG_DENIED, AUTH_TOKEN_INVALID, DEFAULT_ORG_NAME, HumanUpdate, Identity, IdentityConfig,
-    NewHuman, NewMachine, NewPassword, PasswordVerification,
+    NewHuman, NewMachine, NewPassword, PasswordChange, PasswordVerification,
 };

@@ -131,6 +131,27 @@ pub struct HumanUpdate {
     pub email: Option<Email>,
     /// `Some(None)` removes the phone.
     pub phone: Option<Option<Phone>>,
+    /// A new password, checked (policy, permission, current password, hashing capacity) before anything
+    /// of the update is written, so a refused password leaves the profile untouched.
+    pub password: Option<PasswordChange>,
+}
+
+/// A password change requested together with other changes of a user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordChange {
+    /// The new password.
+    pub password: String,
+    /// Why the caller may set it.
+    pub verification: PasswordVerification,
+    /// Whether the user must change it at the next login.
+    pub change_required: bool,
+}
+
+impl std::fmt::Debug for PasswordChange {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChange").field("change_required", &self.change_required).finish_non_exhaustive()
+    }
 }
 
 /// Why the caller may set a password.
@@ -638,7 +659,7 @@ impl Identity {
         if user.is_machine() {
             return Err(precondition("USER-not-human", "the user is not a human user"));
         }
-        let HumanUpdate { username, profile, email, phone } = update;
+        let HumanUpdate { username, profile, email, phone, password } = update;
         let mut v = Violations::new();
         if let Some(username) = &username {
             v.check("username", validate::username(username));
@@ -652,12 +673,25 @@ impl Identity {
         if let Some(Some(phone)) = &phone {
             validate::phone_field(&mut v, "phone", phone);
         }
-        v.finish("USER-invalid")?;
-        let change = HumanChange { username, profile: profile.map(with_display_name), email, phone };
-        if change.is_empty() {
-            return Ok(user.details);
+        if let Some(change) = &password {
+            v.check("password.password.password", self.inner.config.password_policy.check(&change.password));
         }
-        self.repos().users.update_human(id, &change, ctx.actor()).await
+        v.finish("USER-invalid")?;
+        // Everything that can refuse the password runs before the first write.
+        let new_hash = match &password {
+            Some(change) => Some(self.prepare_password(ctx, &user, change, "password.password").await?),
+            None => None,
+        };
+        let change = HumanChange { username, profile: profile.map(with_display_name), email, phone };
+        let mut details = if change.is_empty() {
+            user.details.clone()
+        } else {
+            self.repos().users.update_human(id, &change, ctx.actor()).await?
+        };
+        if let (Some(hash), Some(change)) = (new_hash, password) {
+            details = self.repos().users.set_password(id, &hash, change.change_required, ctx.actor()).await?;
+        }
+        Ok(details)
     }
 
     /// Sets the password of a human user: the user itself with its current password, or a caller with
@@ -679,18 +713,33 @@ impl Identity {
         if user.is_machine() {
             return Err(precondition("USER-not-human", "the user is not a human user"));
         }
+        let change = PasswordChange { password: new_password.to_owned(), verification, change_required };
+        let hash = self.prepare_password(ctx, &user, &change, "new_password").await?;
+        self.repos().users.set_password(id, &hash, change_required, ctx.actor()).await
+    }
+
+    /// Checks a new password (policy, then the current password or the caller's permission) and hashes
+    /// it; writes nothing. `field` is the request path of the `Password` message, for error messages.
+    async fn prepare_password(
+        &self,
+        ctx: &CallContext,
+        user: &User,
+        change: &PasswordChange,
+        field: &str,
+    ) -> Result<String> {
         let policy = &self.inner.config.password_policy;
-        policy.check(new_password).map_err(|d| Error::invalid_field("PASSWORD-invalid", "new_password.password", d))?;
-        match verification {
+        policy
+            .check(&change.password)
+            .map_err(|d| Error::invalid_field("PASSWORD-invalid", format!("{field}.password"), d))?;
+        match &change.verification {
             PasswordVerification::CurrentPassword(current) => {
-                if !self.check_current_password(id, &current).await? {
+                if !self.check_current_password(&user.id, current).await? {
                     return Err(Error::invalid_field("PASSWORD-current-invalid", "current_password", "does not match"));
                 }
             }
             PasswordVerification::Administrator => ctx.require(Permission::UserCredentialWrite, &user.org_id)?,
         }
-        let hash = self.inner.hasher.hash(new_password).await?;
-        self.repos().users.set_password(id, &hash, change_required, ctx.actor()).await
+        self.inner.hasher.hash(&change.password).await
     }
 
     async fn check_current_password(&self, id: &UserId, current: &str) -> Result<bool> {
