@@ -161,6 +161,18 @@ struct Flags {
     /// Webhook receiving {"to","code"} for each text message.
     #[arg(long, value_name = "URL")]
     sms_webhook_url: Option<String>,
+    /// Public base URL of this server, e.g. https://login.example.com [default: the bound address].
+    #[arg(long, value_name = "URL")]
+    external_url: Option<String>,
+    /// URL prefix allowed as an IdP intent's success or failure URL (repeatable).
+    #[arg(long = "allowed-redirect-url", value_name = "URL")]
+    allowed_redirect_urls: Vec<String>,
+    /// Base64 32-byte key sealing IdP secrets [default: <data-dir>/encryption.key, created on first start].
+    #[arg(long, value_name = "BASE64")]
+    encryption_key: Option<String>,
+    /// How long a succeeded IdP intent stays usable, e.g. 1h [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    idp_intent_lifetime: Option<String>,
 }
 
 impl Flags {
@@ -193,6 +205,10 @@ impl Flags {
             smtp_url,
             smtp_from,
             sms_webhook_url,
+            external_url,
+            allowed_redirect_urls,
+            encryption_key,
+            idp_intent_lifetime,
         } = self;
         let raw = RawConfig {
             listen,
@@ -220,6 +236,10 @@ impl Flags {
             smtp_url,
             smtp_from,
             sms_webhook_url,
+            external_url,
+            allowed_redirect_urls: list(allowed_redirect_urls),
+            encryption_key,
+            idp_intent_lifetime,
         };
         (config, raw)
     }

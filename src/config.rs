@@ -74,6 +74,24 @@ pub struct Config {
     pub lockout: Lockout,
     /// Delivery of one-time codes.
     pub delivery: Delivery,
+    /// Identity-provider federation settings.
+    pub federation: Federation,
+}
+
+/// Settings of identity-provider federation (intents, callbacks, sealed secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Federation {
+    /// Public base URL of this server (`https://login.example.com`); the IdP callback is
+    /// `<external_url>/idps/callback`. `None` means `http(s)://<bound listen address>`; request headers are
+    /// never used to build it.
+    pub external_url: Option<String>,
+    /// URL prefixes success and failure URLs of intents must match (scheme, host, port exactly, path by prefix).
+    pub allowed_redirect_urls: Vec<String>,
+    /// Base64 of the 32-byte key sealing IdP secrets and upstream tokens; `None` reads (or creates)
+    /// `<data_dir>/encryption.key`.
+    pub encryption_key: Option<String>,
+    /// How long a succeeded intent can be retrieved and used in a session check.
+    pub intent_lifetime: Duration,
 }
 
 /// Failed attempts allowed before a user is locked.
@@ -201,6 +219,14 @@ pub struct RawConfig {
     pub smtp_from: Option<String>,
     /// See [`Delivery::sms_webhook_url`].
     pub sms_webhook_url: Option<String>,
+    /// See [`Federation::external_url`].
+    pub external_url: Option<String>,
+    /// See [`Federation::allowed_redirect_urls`].
+    pub allowed_redirect_urls: Option<Vec<String>>,
+    /// See [`Federation::encryption_key`].
+    pub encryption_key: Option<String>,
+    /// See [`Federation::intent_lifetime`]; a duration like `1h`, `30m`, `90s`.
+    pub idp_intent_lifetime: Option<String>,
 }
 
 /// Reads a TOML file into raw values; unknown keys and wrong types are errors naming the key.
@@ -280,6 +306,10 @@ pub fn read_env(env: &HashMap<String, String>) -> Result<RawConfig, ConfigError>
         smtp_url: get("FLOWGATE_SMTP_URL"),
         smtp_from: get("FLOWGATE_SMTP_FROM"),
         sms_webhook_url: get("FLOWGATE_SMS_WEBHOOK_URL"),
+        external_url: get("FLOWGATE_EXTERNAL_URL"),
+        allowed_redirect_urls: list("FLOWGATE_ALLOWED_REDIRECT_URLS"),
+        encryption_key: get("FLOWGATE_ENCRYPTION_KEY"),
+        idp_intent_lifetime: get("FLOWGATE_IDP_INTENT_LIFETIME"),
     })
 }
 
@@ -293,6 +323,7 @@ fn flag_name(key: &str) -> String {
     match key {
         "cors_origins" => "--cors-origin".to_owned(),
         "trusted_proxies" => "--trusted-proxy".to_owned(),
+        "allowed_redirect_urls" => "--allowed-redirect-url".to_owned(),
         other => format!("--{}", other.replace('_', "-")),
     }
 }
@@ -538,6 +569,7 @@ impl Layers {
             }
             (Some(_), Some(_)) | (None, None) => {}
         }
+        let federation = self.federation()?;
         Ok(Config {
             listen,
             data_dir,
@@ -555,8 +587,79 @@ impl Layers {
             jwt,
             lockout,
             delivery,
+            federation,
         })
     }
+
+    /// The federation keys: external URL, redirect allowlist, sealing key, intent lifetime.
+    fn federation(&self) -> Result<Federation, ConfigError> {
+        let bad =
+            |key: &str, source: Source, message: String| ConfigError { key: key.to_owned(), origin: source, message };
+        let external_url = match self.pick("external_url", |r| r.external_url.clone()) {
+            Some((v, src)) => {
+                let v = v.trim_end_matches('/').to_owned();
+                base_url(&v).map_err(|m| bad("external_url", src, m))?;
+                Some(v)
+            }
+            None => None,
+        };
+        let allowed_redirect_urls = match self.pick("allowed_redirect_urls", |r| r.allowed_redirect_urls.clone()) {
+            Some((list, src)) => {
+                for entry in &list {
+                    base_url(entry).map_err(|m| bad("allowed_redirect_urls", src.clone(), m))?;
+                }
+                list
+            }
+            None => Vec::new(),
+        };
+        let encryption_key = match self.pick("encryption_key", |r| r.encryption_key.clone()) {
+            Some((v, src)) => {
+                decode_key(&v).map_err(|m| bad("encryption_key", src, m))?;
+                Some(v)
+            }
+            None => None,
+        };
+        let intent_lifetime = match self.pick("idp_intent_lifetime", |r| r.idp_intent_lifetime.clone()) {
+            Some((v, src)) => match parse_duration(&v) {
+                Some(d) if (Duration::from_secs(60)..=Duration::from_secs(24 * 3600)).contains(&d) => d,
+                Some(_) => return Err(bad("idp_intent_lifetime", src, format!("{v:?} is outside 1m..=24h"))),
+                None => {
+                    return Err(bad("idp_intent_lifetime", src, format!("{v:?} is not a duration like 1h or 30m")));
+                }
+            },
+            None => Duration::from_secs(3600),
+        };
+        Ok(Federation { external_url, allowed_redirect_urls, encryption_key, intent_lifetime })
+    }
+}
+
+/// Decodes a base64 (standard or URL-safe, padding optional) 32-byte key.
+pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+        .map_err(|_| "is not base64".to_owned())?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("must decode to 32 bytes, not {}", bytes.len()))
+}
+
+/// An absolute `http(s)://host[:port][/path]` URL with no query, fragment, userinfo or whitespace.
+fn base_url(v: &str) -> Result<(), String> {
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or_else(|| format!("{v:?} must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty()
+        || host.contains('@')
+        || v.contains(['?', '#', '\\'])
+        || v.contains(char::is_whitespace)
+        || v.chars().any(char::is_control)
+    {
+        return Err(format!("{v:?} must be scheme://host[:port][/path] without userinfo, query or fragment"));
+    }
+    Ok(())
 }
 
 /// An origin is `scheme://host[:port]` with nothing after it; `*` is refused because reflecting any
@@ -578,11 +681,14 @@ fn validate_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `30`, `30s`, `500ms`, `2m`.
+/// `30`, `30s`, `500ms`, `2m`, `1h`.
 fn parse_duration(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Some(ms) = v.strip_suffix("ms") {
         return ms.trim().parse().ok().map(Duration::from_millis);
+    }
+    if let Some(h) = v.strip_suffix('h') {
+        return h.trim().parse::<u64>().ok().map(|h| Duration::from_secs(h * 3600));
     }
     if let Some(m) = v.strip_suffix('m') {
         return m.trim().parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
@@ -686,6 +792,41 @@ mod tests {
         }
         assert!(flags(Some("http://127.0.0.1:9000"), Some("flowgate")).resolve().is_ok(), "loopback http is allowed");
         assert_eq!(flags(Some("https://a.example"), Some(" ")).resolve().expect_err("blank").key, "jwt_audience");
+    }
+
+    #[test]
+    fn federation_keys() {
+        let defaults = Layers::default().resolve().expect("defaults").federation;
+        assert!(defaults.allowed_redirect_urls.is_empty());
+        assert_eq!(defaults.intent_lifetime, Duration::from_secs(3600));
+        let layers = Layers {
+            env: read_env(&env(&[
+                ("FLOWGATE_ALLOWED_REDIRECT_URLS", "https://app.example.com/login, http://127.0.0.1:3000"),
+                ("FLOWGATE_EXTERNAL_URL", "https://login.example.com/"),
+                ("FLOWGATE_ENCRYPTION_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+                ("FLOWGATE_IDP_INTENT_LIFETIME", "30m"),
+            ]))
+            .expect("env"),
+            ..Default::default()
+        };
+        let federation = layers.resolve().expect("valid").federation;
+        assert_eq!(federation.allowed_redirect_urls, ["https://app.example.com/login", "http://127.0.0.1:3000"]);
+        assert_eq!(federation.external_url.as_deref(), Some("https://login.example.com"));
+        assert_eq!(federation.intent_lifetime, Duration::from_secs(1800));
+        let flag = |raw: RawConfig| Layers { flags: raw, ..Default::default() }.resolve().expect_err("bad");
+        let err = flag(RawConfig { allowed_redirect_urls: Some(vec!["//evil.com".into()]), ..Default::default() });
+        assert_eq!(
+            (err.key.as_str(), err.origin),
+            ("allowed_redirect_urls", Source::Flag("--allowed-redirect-url".into()))
+        );
+        for url in ["https://a@evil.com", "javascript:alert(1)", "https://a.example/?x=1", "https://"] {
+            let err = flag(RawConfig { external_url: Some(url.into()), ..Default::default() });
+            assert_eq!(err.key, "external_url", "{url}");
+        }
+        let err = flag(RawConfig { encryption_key: Some("c2hvcnQ=".into()), ..Default::default() });
+        assert_eq!(err.key, "encryption_key");
+        let err = flag(RawConfig { idp_intent_lifetime: Some("2s".into()), ..Default::default() });
+        assert_eq!(err.key, "idp_intent_lifetime");
     }
 
     #[test]

@@ -159,6 +159,28 @@ fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// The key sealing IdP secrets: configured, or read from `<data_dir>/encryption.key`, or created there
+/// (mode 0600) on first start. Losing the file makes stored IdP secrets unreadable, which the log says.
+fn sealing_key(config: &Config) -> Result<[u8; 32], ServeError> {
+    use base64::Engine as _;
+    if let Some(text) = &config.federation.encryption_key {
+        return crate::config::decode_key(text).map_err(|m| ServeError::Config(format!("encryption_key: {m}")));
+    }
+    let path = config.data_dir.join("encryption.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            crate::config::decode_key(&text).map_err(|m| ServeError::Config(format!("{}: {m}", path.display())))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            write_secret_file(&path, &base64::engine::general_purpose::STANDARD.encode(key))?;
+            tracing::info!(path = %path.display(), "created the key that seals IdP secrets; back it up with the database");
+            Ok(key)
+        }
+        Err(err) => Err(ServeError::Config(format!("cannot read {}: {err}", path.display()))),
+    }
+}
+
 /// `flowgate admin create-token`: prints a new token for an existing machine user.
 pub async fn create_token(config: &Config, user: &str, expires_in: Option<Duration>) -> Result<(), ServeError> {
     let store = open_store(config).await?;
@@ -198,6 +220,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let (identity, sessions) = sessions(&config, &store, identity(&config, &store)?)?;
     bootstrap(&identity, &config.data_dir).await?;
+    let _sealing_key = sealing_key(&config)?;
     let app = build_app(&config, store.clone(), identity, sessions, schema_version.clone()).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

@@ -166,8 +166,13 @@ impl<'a> Client<'a> {
                 }
             }
             request = request.query(&query);
-        } else {
+        } else if binding.body == "*" {
             request = request.json(&json);
+        } else {
+            // A body field: only that field travels in the body; the rest (path variables are gone already)
+            // goes into the query string like for body-less bindings.
+            let field = object.remove(&camel(&binding.body)).unwrap_or(serde_json::Value::Null);
+            request = request.json(&field);
         }
         for (k, v) in self.headers() {
             request = request.header(k, v);
@@ -178,10 +183,35 @@ impl<'a> Client<'a> {
         if (200..300).contains(&status) {
             let expected = if binding.success_code == 0 { 200 } else { binding.success_code };
             assert_eq!(status, expected, "{path}: success code");
+            if status == 204 {
+                assert!(text.is_empty(), "{path}: 204 with a body: {text}");
+                return Ok(Resp::default());
+            }
+            if binding.dialect == flowgate_gateway::Dialect::Authentik {
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+                return Ok(authentik_to_proto::<Resp>(&binding.output, value, &text));
+            }
             return Ok(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")));
         }
         let body: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} {status}: {e}: {text}"));
+        if binding.dialect == flowgate_gateway::Dialect::Authentik {
+            // DRF bodies carry no gRPC code: derive it from the HTTP status.
+            let code = match status {
+                400 => Code::InvalidArgument,
+                401 => Code::Unauthenticated,
+                403 => Code::PermissionDenied,
+                404 => Code::NotFound,
+                409 => Code::AlreadyExists,
+                412 => Code::FailedPrecondition,
+                429 => Code::ResourceExhausted,
+                503 => Code::Unavailable,
+                _ => Code::Unknown,
+            };
+            let message = body["detail"].as_str().map_or_else(|| body.to_string(), str::to_owned);
+            return Err(Failure { code, http_status: Some(status), message, body: Some(body) });
+        }
         let code = body["code"].as_i64().and_then(|c| i32::try_from(c).ok()).unwrap_or(2);
         Err(Failure {
             code: Code::from_i32(code),
@@ -190,4 +220,76 @@ impl<'a> Client<'a> {
             body: Some(body),
         })
     }
+}
+
+/// Reads an authentik-dialect response (snake_case keys, short lower-case enum names, explicit nulls)
+/// into the typed message through the descriptor, checking on the way that every field of the schema is
+/// present as the dialect promises.
+fn authentik_to_proto<Resp: prost::Message + Default>(message: &str, value: serde_json::Value, text: &str) -> Resp {
+    let pool = prost_reflect::DescriptorPool::decode(flowgate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let descriptor = pool.get_message_by_name(message).unwrap_or_else(|| panic!("no message {message}"));
+    let normalised = normalise(&descriptor, value, text);
+    let dynamic = prost_reflect::DynamicMessage::deserialize(descriptor, normalised.clone())
+        .unwrap_or_else(|e| panic!("{message}: {e}: {normalised}"));
+    Resp::decode(prost::Message::encode_to_vec(&dynamic).as_slice()).expect("re-decode")
+}
+
+fn normalise(desc: &prost_reflect::MessageDescriptor, value: serde_json::Value, text: &str) -> serde_json::Value {
+    use prost_reflect::Kind;
+    use serde_json::Value;
+    if desc.full_name().starts_with("google.protobuf.") {
+        return value;
+    }
+    let Value::Object(obj) = value else { return value };
+    for field in desc.fields() {
+        // The dialect writes every key (null where unset); a missing key breaks strict clients.
+        assert!(obj.contains_key(field.name()), "{}: key `{}` missing in {text}", desc.full_name(), field.name());
+    }
+    let mut out = serde_json::Map::new();
+    for (key, v) in obj {
+        let Some(field) = desc.get_field_by_name(&key).or_else(|| desc.get_field_by_json_name(&key)) else {
+            continue;
+        };
+        if v.is_null() {
+            continue;
+        }
+        let one = |v: Value| -> Value {
+            match field.kind() {
+                Kind::Enum(e) => match &v {
+                    Value::String(short) => {
+                        let prefix = format!("{}_", screaming_snake(e.name()));
+                        let name = format!("{prefix}{}", short.to_ascii_uppercase());
+                        if e.get_value_by_name(&name).is_some() { Value::String(name) } else { v }
+                    }
+                    _ => v,
+                },
+                Kind::Message(m) => normalise(&m, v, text),
+                _ => v,
+            }
+        };
+        let v = match v {
+            Value::Array(items) if field.is_list() => Value::Array(items.into_iter().map(one).collect()),
+            Value::Object(map) if field.is_map() => Value::Object(map),
+            other => one(other),
+        };
+        out.insert(key, v);
+    }
+    Value::Object(out)
+}
+
+/// `FlowDesignation` → `FLOW_DESIGNATION`, as the gateway derives enum prefixes.
+fn screaming_snake(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            if prev.is_ascii_lowercase() || prev.is_ascii_digit() || (prev.is_ascii_uppercase() && next_lower) {
+                out.push('_');
+            }
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
