@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod event;
+pub mod flow;
 pub mod identity;
 pub mod session;
 pub mod system;
