@@ -46,10 +46,11 @@ fn main() -> Result<(), BoxError> {
         .compile_fds(compiler.file_descriptor_set())?;
 
     // Unknown JSON fields are ignored, as grpc-gateway (DiscardUnknown) and DRF do.
-    pbjson_build::Builder::new()
-        .register_descriptors(&fds_bytes)?
-        .ignore_unknown_fields()
-        .build(&[".flowgate", ".google.rpc"])?;
+    pbjson_build::Builder::new().register_descriptors(&fds_bytes)?.ignore_unknown_fields().build(&[
+        ".flowgate",
+        ".google.rpc",
+        ".google.api.HttpBody",
+    ])?;
 
     let pool = DescriptorPool::decode(fds_bytes.as_slice())?;
     let names = annotations::OptionNames {
