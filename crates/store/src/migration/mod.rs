@@ -8,6 +8,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 mod m20261124_000001_event_log;
 mod m20261124_000002_identity;
 mod m20261124_000003_sessions;
+mod m20261124_000004_flows;
 mod m20261124_000005_idps;
 
 /// The ordered list of flowgate's migrations.
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_event_log::Migration),
             Box::new(m20261124_000002_identity::Migration),
             Box::new(m20261124_000003_sessions::Migration),
+            Box::new(m20261124_000004_flows::Migration),
             Box::new(m20261124_000005_idps::Migration),
         ]
     }
