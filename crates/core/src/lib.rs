@@ -7,6 +7,7 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod identity;
+pub mod idp;
 pub mod session;
 pub mod system;
 

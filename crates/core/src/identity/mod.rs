@@ -13,7 +13,7 @@ pub use model::*;
 pub use password::{HashPool, HashingConfig, PasswordHasher, PasswordPolicy};
 pub use ports::{
     BootstrapRecord, Clock, ExternalTokenVerifier, HumanChange, IdGenerator, InstanceRepo, MemberRepo, NewOrgRecord,
-    NewTokenRecord, NewUserKind, NewUserRecord, NoopLifecycleHook, OrgRepo, OrgStateChange, Repos,
+    NewTokenRecord, NewUserIdpLink, NewUserKind, NewUserRecord, NoopLifecycleHook, OrgRepo, OrgStateChange, Repos,
     SessionTokenResolver, SystemClock, TokenOwner, TokenRepo, UserLifecycleHook, UserRepo, UserStateChange, UuidV7Ids,
 };
 pub use service::{

@@ -17,6 +17,7 @@ use super::model::{
 };
 use crate::Result;
 use crate::event::Details;
+use crate::idp::model::IdpId;
 
 pub use super::model::{INSTANCE_OWNER, ListQuery};
 
@@ -62,6 +63,19 @@ pub struct NewUserRecord {
     pub username: String,
     /// Human or machine data.
     pub kind: NewUserKind,
+    /// Accounts at IdPs to link to the new user in the same write (humans only; checked by the core).
+    pub idp_links: Vec<NewUserIdpLink>,
+}
+
+/// A link to an account at an IdP, written together with a new user (table `user_idp_links`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUserIdpLink {
+    /// The IdP (exists and allows linking; checked by the core).
+    pub idp_id: IdpId,
+    /// Stable user id at the IdP; (idp, external user id) is unique.
+    pub external_user_id: String,
+    /// Username at the IdP (informational).
+    pub external_username: String,
 }
 
 /// Kind-specific data of a new user.
@@ -221,7 +235,11 @@ pub trait OrgRepo: Send + Sync {
 #[async_trait]
 pub trait UserRepo: Send + Sync {
     /// Inserts the user (`password_hash` only for humans); event `user.human.added` / `user.machine.added`
-    /// (payload without the hash). Duplicates ⇒ [`USER_USERNAME_TAKEN`] / [`USER_ID_TAKEN`].
+    /// (payload without the hash). Duplicates ⇒ [`USER_USERNAME_TAKEN`] / [`USER_ID_TAKEN`]. In the same
+    /// transaction, inserts `user.idp_links` with one `user.idp.link.added` event each (payload: idp_id,
+    /// external_user_id, external_username) after the added event; a taken (idp, external user id) ⇒
+    /// AlreadyExists [`IDP_LINK_EXISTS`](crate::idp::ports::IDP_LINK_EXISTS), a missing IdP ⇒ NotFound
+    /// [`IDP_NOT_FOUND`](crate::idp::ports::IDP_NOT_FOUND) (and nothing is written).
     async fn create(&self, user: &NewUserRecord, password_hash: Option<&str>, actor: &str) -> Result<User>;
     /// The user with `id`, if any, with login names from [`super::model::login_names`].
     async fn get(&self, id: &UserId) -> Result<Option<User>>;

@@ -366,6 +366,7 @@ impl Identity {
                     name: "Administrator".to_owned(),
                     description: "created at the first start".to_owned(),
                 }),
+                idp_links: Vec::new(),
             },
             admin_roles: vec![Role::IamOwner],
             token: NewTokenRecord {
@@ -593,6 +594,7 @@ impl Identity {
                 phone,
                 password_change_required: change_required,
             },
+            idp_links: Vec::new(),
         };
         self.repos().users.create(&record, hash.as_deref(), ctx.actor()).await
     }
@@ -607,7 +609,13 @@ impl Identity {
         v.check("name", validate::required_text(&name, MAX_TEXT));
         v.check("description", validate::optional_text(&description, MAX_DESCRIPTION));
         v.finish("USER-invalid")?;
-        let record = NewUserRecord { id, org_id, username, kind: NewUserKind::Machine(Machine { name, description }) };
+        let record = NewUserRecord {
+            id,
+            org_id,
+            username,
+            kind: NewUserKind::Machine(Machine { name, description }),
+            idp_links: Vec::new(),
+        };
         self.repos().users.create(&record, None, ctx.actor()).await
     }
 

@@ -61,6 +61,7 @@ fn new_human(id: &str, org: &str, username: &str, email: &str) -> NewUserRecord 
             phone: None,
             password_change_required: false,
         },
+        idp_links: Vec::new(),
     }
 }
 
@@ -70,6 +71,7 @@ fn new_machine(id: &str, org: &str, username: &str) -> NewUserRecord {
         org_id: OrgId::from(org),
         username: username.to_owned(),
         kind: NewUserKind::Machine(Machine { name: format!("{username} service"), description: "a robot".into() }),
+        idp_links: Vec::new(),
     }
 }
 

@@ -79,6 +79,7 @@ async fn seed_user(store: &Store, org: &str, user: &str) {
             phone: None,
             password_change_required: false,
         },
+        idp_links: Vec::new(),
     };
     repos.users.create(&record, Some("$argon2id$fake"), ACTOR).await.expect("create user");
 }
