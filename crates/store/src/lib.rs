@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod event_log;
 pub mod identity;
+pub mod idp;
 pub mod migration;
 pub mod session;
 mod store;

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::error::db_error;
 use crate::event_log::{StateError, state};
+use crate::idp::links::{delete_user_links, insert_link, link_added_event};
 
 /// Stored `kind` of human users.
 const HUMAN: &str = "human";
@@ -330,8 +331,9 @@ pub(crate) async fn touch_user(
     Ok(())
 }
 
-/// Deletes the user's tokens, memberships and row.
+/// Deletes the user's tokens, memberships, IdP links and row.
 async fn delete_user_rows(txn: &DatabaseTransaction, id: &str) -> Result<(), StateError> {
+    delete_user_links(txn, id).await?;
     tokens::Entity::delete_many().filter(tokens::Column::UserId.eq(id)).exec(txn).await?;
     members::Entity::delete_many().filter(members::Column::UserId.eq(id)).exec(txn).await?;
     users::Entity::delete_by_id(id).exec(txn).await?;
@@ -454,13 +456,27 @@ impl UserRepo for IdentityRepos {
             NewUserKind::Human { .. } => password_hash,
             NewUserKind::Machine(_) => None,
         };
-        let events = vec![added_event(user, password_hash.is_some())];
+        let mut events = vec![added_event(user, password_hash.is_some())];
+        events.extend(
+            user.idp_links
+                .iter()
+                .map(|link| link_added_event(link.idp_id.as_str(), &link.external_user_id, &link.external_username)),
+        );
         let intent = intent(USER, user.id.as_str(), user.org_id.as_str(), actor, events);
         let ((row, domain), _) = self
             .store
             .write_returning(intent, |txn, ctx| {
                 let (user, hash) = (user.clone(), password_hash.map(str::to_owned));
-                state(async move { insert_user(txn, &user, hash.as_deref(), ctx.sequence, ctx.created_at).await })
+                state(async move {
+                    let inserted = insert_user(txn, &user, hash.as_deref(), ctx.sequence, ctx.created_at).await?;
+                    // In the same write: a taken account or a missing IdP leaves no user behind.
+                    for link in &user.idp_links {
+                        let (idp, user_id) = (link.idp_id.as_str(), user.id.as_str());
+                        insert_link(txn, idp, user_id, &link.external_user_id, &link.external_username, ctx.created_at)
+                            .await?;
+                    }
+                    Ok(inserted)
+                })
             })
             .await?;
         user_from_row(row, &domain)
