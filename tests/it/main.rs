@@ -9,5 +9,6 @@ mod harness;
 mod identity;
 mod jwt;
 mod notify;
+mod peers;
 mod session;
 mod system;
