@@ -9,6 +9,7 @@ mod backend;
 mod config;
 mod error;
 mod event_log;
+pub mod flow;
 pub mod identity;
 pub mod idp;
 pub mod migration;

@@ -1,5 +1,8 @@
 //! Flow definitions: flows, stages (typed configuration as JSON text), stage bindings, expression policies
 //! and policy bindings, all owned by an organization.
+//!
+//! Links inside a stage's configuration (enrollment_flow, password_stage, …) live in the JSON and have no
+//! foreign key: the core rewrites the configurations of linking stages in the deleting write.
 
 use sea_orm_migration::prelude::*;
 
@@ -52,14 +55,6 @@ enum Stages {
     CreatedAt,
     ChangedAt,
     Sequence,
-}
-
-#[derive(DeriveIden)]
-enum StageFlowLinks {
-    Table,
-    StageId,
-    Field,
-    FlowId,
 }
 
 #[derive(DeriveIden)]
@@ -164,7 +159,6 @@ fn index(
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
-    #[expect(clippy::too_many_lines, reason = "one statement per table, in dependency order")]
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // Constraint names contain the column names they cover: the repositories tell which field a unique
         // violation hit by looking for the column name (see `backend::unique_violation_target`).
@@ -216,44 +210,6 @@ impl MigrationTrait for Migration {
         manager.create_table(stages).await?;
         manager
             .create_index(index("stages_org_id_stage_type_idx", Stages::Table, [Stages::OrgId, Stages::StageType]))
-            .await?;
-
-        // The flows a stage's configuration points at (enrollment_flow, target_flow, …), one row per field:
-        // what `used_by` and a flow delete look up without reading every stage's JSON. Written with the
-        // stage's configuration in the same statement batch; the cascades keep it from pointing at rows
-        // that are gone (the repository nulls the field in the configuration in the same write).
-        manager
-            .create_table(
-                Table::create()
-                    .table(StageFlowLinks::Table)
-                    .col(text(StageFlowLinks::StageId))
-                    .col(text(StageFlowLinks::Field))
-                    .col(text(StageFlowLinks::FlowId))
-                    .primary_key(
-                        Index::create()
-                            .name("stage_flow_links_pkey")
-                            .col(StageFlowLinks::StageId)
-                            .col(StageFlowLinks::Field),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("stage_flow_links_stage_id_fkey")
-                            .from(StageFlowLinks::Table, StageFlowLinks::StageId)
-                            .to(Stages::Table, Stages::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("stage_flow_links_flow_id_fkey")
-                            .from(StageFlowLinks::Table, StageFlowLinks::FlowId)
-                            .to(Flows::Table, Flows::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(index("stage_flow_links_flow_id_idx", StageFlowLinks::Table, [StageFlowLinks::FlowId]))
             .await?;
 
         let mut bindings = Table::create();
@@ -405,7 +361,6 @@ impl MigrationTrait for Migration {
             PolicyBindings::Table.into_iden(),
             Policies::Table.into_iden(),
             FlowStageBindings::Table.into_iden(),
-            StageFlowLinks::Table.into_iden(),
             Stages::Table.into_iden(),
             Flows::Table.into_iden(),
         ] {
