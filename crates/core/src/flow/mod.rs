@@ -2,6 +2,7 @@
 //! their use cases, export/import, diagrams and the planner.
 
 pub mod model;
+pub mod policy;
 pub mod ports;
 pub mod validate;
 
