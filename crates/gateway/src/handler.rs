@@ -10,7 +10,25 @@ use tonic::metadata::MetadataMap;
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-type HandlerFn = dyn Fn(Value, MetadataMap, http::Extensions) -> BoxFuture<Result<Value, tonic::Status>> + Send + Sync;
+type HandlerFn = dyn Fn(Value, MetadataMap, http::Extensions) -> BoxFuture<Result<Reply, tonic::Status>> + Send + Sync;
+
+/// A handler's successful answer: the response as pbjson JSON plus the response metadata a tonic method set.
+///
+/// Only metadata keys on the gateway's allowlist (`content-disposition`) become REST response headers; the
+/// rest stays gRPC-only.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The response message as pbjson JSON.
+    pub body: Value,
+    /// Response metadata (gRPC initial metadata) set by the method.
+    pub metadata: MetadataMap,
+}
+
+impl From<Value> for Reply {
+    fn from(body: Value) -> Self {
+        Reply { body, metadata: MetadataMap::new() }
+    }
+}
 
 /// A type-erased RPC entry point taking and returning pbjson-compatible JSON.
 #[derive(Clone)]
@@ -23,13 +41,17 @@ impl std::fmt::Debug for Handler {
 }
 
 impl Handler {
-    /// Wraps a raw JSON handler.
-    pub fn from_fn<F, Fut>(f: F) -> Handler
+    /// Wraps a raw JSON handler answering either bare JSON or a [`Reply`] with response metadata.
+    pub fn from_fn<F, Fut, R>(f: F) -> Handler
     where
         F: Fn(Value, MetadataMap, http::Extensions) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Value, tonic::Status>> + Send + 'static,
+        Fut: Future<Output = Result<R, tonic::Status>> + Send + 'static,
+        R: Into<Reply> + 'static,
     {
-        Handler(Arc::new(move |v, md, ext| Box::pin(f(v, md, ext))))
+        Handler(Arc::new(move |v, md, ext| {
+            let fut = f(v, md, ext);
+            Box::pin(async move { fut.await.map(Into::into) })
+        }))
     }
 
     /// Invokes the handler.
@@ -38,12 +60,13 @@ impl Handler {
         request: Value,
         metadata: MetadataMap,
         extensions: http::Extensions,
-    ) -> BoxFuture<Result<Value, tonic::Status>> {
+    ) -> BoxFuture<Result<Reply, tonic::Status>> {
         (self.0)(request, metadata, extensions)
     }
 }
 
-/// Adapts a typed tonic-style unary method: JSON → `Req` via serde (pbjson), `Resp` → JSON.
+/// Adapts a typed tonic-style unary method: JSON → `Req` via serde (pbjson), `Resp` → JSON, keeping the
+/// response metadata.
 pub fn unary<Req, Resp, F, Fut>(f: F) -> Handler
 where
     Req: serde::de::DeserializeOwned + Send + 'static,
@@ -66,9 +89,11 @@ where
                 };
                 crate::error::status_with_violations(tonic::Code::InvalidArgument, &message, &[(field, description)])
             })?;
-            let resp = f(tonic::Request::from_parts(metadata, extensions, req)).await?;
-            serde_json::to_value(resp.into_inner())
-                .map_err(|e| tonic::Status::internal(format!("response could not be encoded as JSON: {e}")))
+            let (metadata, message, _extensions) =
+                f(tonic::Request::from_parts(metadata, extensions, req)).await?.into_parts();
+            let body = serde_json::to_value(message)
+                .map_err(|e| tonic::Status::internal(format!("response could not be encoded as JSON: {e}")))?;
+            Ok(Reply { body, metadata })
         })
     }))
 }

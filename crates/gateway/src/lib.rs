@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use futures::FutureExt;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{ALLOW, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost_reflect::DescriptorPool;
 use serde_json::{Map, Value};
@@ -28,7 +28,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 
 pub use annotations::{Dialect, HttpBinding, OptionNames, http_bindings, to_rust_code};
 pub use error::http_status_for;
-pub use handler::{BoxFuture, Handler, unary};
+pub use handler::{BoxFuture, Handler, Reply, unary};
 pub use ipnet::IpNet;
 
 use error::{ErrorInput, decode_details, error_body, status_with_violations};
@@ -79,6 +79,13 @@ pub struct MatchedRpc(pub String);
 /// Request headers forwarded as gRPC metadata under the same (lower-case) names.
 const FORWARDED_HEADERS: [&str; 4] = ["authorization", "x-zitadel-orgid", "user-agent", "x-request-id"];
 
+/// Response metadata a handler may turn into REST response headers. An allowlist, so that gRPC-only metadata
+/// (and anything a handler did not mean for browsers) never reaches an HTTP response.
+const RESPONSE_HEADERS: [HeaderName; 1] = [CONTENT_DISPOSITION];
+
+/// The message whose REST rendering is its `data`, written raw with its `content_type`.
+const HTTP_BODY: &str = "google.api.HttpBody";
+
 #[derive(Debug)]
 enum BodySpec {
     None,
@@ -98,6 +105,8 @@ struct Route {
     vars: Vec<Vec<usize>>,
     body: BodySpec,
     response_body: Option<Vec<usize>>,
+    /// The rendered response (the output or its `response_body` field) is a `google.api.HttpBody`.
+    raw_body: bool,
     /// Field paths a query parameter may not set (path variables and the body field).
     bound: Vec<Vec<usize>>,
     media_type: String,
@@ -208,6 +217,17 @@ impl Gateway {
                     )
                 }
             };
+            let rendered = match &response_body {
+                None => Some(output),
+                Some(path) => request::fields_along(&plans, output, path).and_then(|fields| match fields.last() {
+                    Some(f) if f.card == Card::Single => match f.ty {
+                        Ty::Message(m) => Some(m),
+                        Ty::Scalar(_) | Ty::Enum(_) | Ty::Wkt(_) => None,
+                    },
+                    Some(_) | None => None,
+                }),
+            };
+            let raw_body = rendered.and_then(|m| plans.messages.get(m)).is_some_and(|p| p.full_name == HTTP_BODY);
             let handler = handlers
                 .get(&grpc_path)
                 .cloned()
@@ -228,6 +248,7 @@ impl Gateway {
                 vars,
                 body,
                 response_body,
+                raw_body,
                 bound,
                 handler,
             });
@@ -408,7 +429,12 @@ impl Gateway {
                     let fields = request::fields_along(plans, route.input, path).unwrap_or_default();
                     if let Some(last) = fields.last() {
                         let is_message = last.card == Card::Single && matches!(last.ty, Ty::Message(_));
-                        let dotted = fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(".");
+                        // DRF names a serializer's fields without a prefix: the body *is* the serializer.
+                        let dotted = if is_message && dialect == Dialect::Authentik {
+                            String::new()
+                        } else {
+                            fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(".")
+                        };
                         if !value.is_null() && (!empty || is_message) {
                             let v = request::normalize_field(plans, last, &value, dialect, &dotted)
                                 .map_err(Reject::field)?;
@@ -457,7 +483,7 @@ impl Gateway {
         };
         let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok());
         Ok(match result {
-            Ok(value) => self.render_success(route, value),
+            Ok(reply) => self.render_success(route, reply),
             Err(status) => self.error_response(dialect, None, &status, request_id, false),
         })
     }
@@ -620,8 +646,20 @@ impl Gateway {
         md
     }
 
-    fn render_success(&self, route: &Route, value: Value) -> Response<Body> {
+    fn render_success(&self, route: &Route, reply: Reply) -> Response<Body> {
+        let Reply { body: value, metadata } = reply;
         let status = StatusCode::from_u16(route.binding.success_code).unwrap_or(StatusCode::OK);
+        let mut resp = self.success_body(route, status, value);
+        let headers = metadata.into_headers();
+        for name in &RESPONSE_HEADERS {
+            for v in headers.get_all(name) {
+                resp.headers_mut().append(name.clone(), v.clone());
+            }
+        }
+        resp
+    }
+
+    fn success_body(&self, route: &Route, status: StatusCode, value: Value) -> Response<Body> {
         if status == StatusCode::NO_CONTENT {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = status;
@@ -629,20 +667,51 @@ impl Gateway {
         }
         let plans = &self.inner.plans;
         let dialect = route.binding.dialect;
-        let rendered = match &route.response_body {
+        let fields = route.response_body.as_ref().map(|path| request::fields_along(plans, route.output, path));
+        let value = match &fields {
+            Some(Some(fields)) => render::take_path(value, fields),
+            Some(None) | None => value,
+        };
+        if route.raw_body {
+            return match raw_response(status, &value) {
+                Some(resp) => resp,
+                None => self.error_response(
+                    dialect,
+                    None,
+                    &tonic::Status::internal("the handler answered an HttpBody that cannot be written"),
+                    None,
+                    false,
+                ),
+            };
+        }
+        let rendered = match fields {
             None => render::render_message(plans, route.output, value, dialect),
-            Some(path) => {
-                let fields = request::fields_along(plans, route.output, path).unwrap_or_default();
-                match fields.last() {
-                    Some(last) => {
-                        render::render_response_field(plans, last, render::take_path(value, &fields), dialect)
-                    }
-                    None => value,
-                }
-            }
+            Some(fields) => match fields.as_ref().and_then(|f| f.last()) {
+                Some(last) => render::render_response_field(plans, last, value, dialect),
+                None => value,
+            },
         };
         json_response(status, &rendered)
     }
+}
+
+/// Writes a pbjson `google.api.HttpBody` (`{"contentType": .., "data": <base64>}`) as a raw response; `None`
+/// when the handler's value is not one (bad base64 or content type).
+fn raw_response(status: StatusCode, value: &Value) -> Option<Response<Body>> {
+    let field = |json: &str, proto: &str| value.get(json).or_else(|| value.get(proto)).and_then(Value::as_str);
+    let data = match field("data", "data") {
+        Some(text) => request::decode_base64(text).ok()?,
+        None => Vec::new(),
+    };
+    // An unset content type is not an error: the bytes are still the answer, just untyped.
+    let content_type = match field("contentType", "content_type") {
+        Some(ct) if !ct.is_empty() => HeaderValue::from_str(ct).ok()?,
+        Some(_) | None => HeaderValue::from_static("application/octet-stream"),
+    };
+    let mut resp = Response::new(Body::from(data));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, content_type);
+    Some(resp)
 }
 
 fn not_found(dialect: Dialect) -> Reject {

@@ -50,7 +50,11 @@ pub(crate) fn normalize_message(
         return Err(FieldError::new(prefix, "unknown message type"));
     };
     let Value::Object(obj) = value else {
-        return Err(FieldError::new(prefix, format!("expected a JSON object, got {}", short(value))));
+        let description = match dialect {
+            Dialect::Authentik => format!("Invalid data. Expected a dictionary, but got {}.", py_type(value)),
+            Dialect::Zitadel | Dialect::PingOne => format!("expected a JSON object, got {}", short(value)),
+        };
+        return Err(FieldError::new(prefix, description));
     };
     let mut out = Map::new();
     let mut seen: Vec<usize> = Vec::new();
@@ -91,16 +95,24 @@ pub(crate) fn normalize_field(
     dialect: Dialect,
     path: &str,
 ) -> Result<Value, FieldError> {
+    let authentik = dialect == Dialect::Authentik;
     match field.card {
         Card::Single => normalize_elem(plans, field.ty, v, dialect, path),
         Card::Repeated => {
             let Value::Array(items) = v else {
-                return Err(FieldError::new(path, format!("expected a JSON array, got {}", short(v))));
+                let description = if authentik {
+                    format!("Expected a list of items but got type \"{}\".", py_type(v))
+                } else {
+                    format!("expected a JSON array, got {}", short(v))
+                };
+                return Err(FieldError::new(path, description));
             };
             let mut out = Vec::with_capacity(items.len());
             for item in items {
                 if item.is_null() {
-                    return Err(FieldError::new(path, "null is not allowed inside a list"));
+                    let description =
+                        if authentik { "This field may not be null." } else { "null is not allowed inside a list" };
+                    return Err(FieldError::new(path, description));
                 }
                 out.push(normalize_elem(plans, field.ty, item, dialect, path)?);
             }
@@ -108,7 +120,12 @@ pub(crate) fn normalize_field(
         }
         Card::Map(key) => {
             let Value::Object(entries) = v else {
-                return Err(FieldError::new(path, format!("expected a JSON object, got {}", short(v))));
+                let description = if authentik {
+                    format!("Expected a dictionary of items but got type \"{}\".", py_type(v))
+                } else {
+                    format!("expected a JSON object, got {}", short(v))
+                };
+                return Err(FieldError::new(path, description));
             };
             let mut out = Map::new();
             for (k, item) in entries {
@@ -126,12 +143,63 @@ pub(crate) fn normalize_field(
 }
 
 fn normalize_elem(plans: &Plans, ty: Ty, v: &Value, dialect: Dialect, path: &str) -> Result<Value, FieldError> {
+    let result = convert_elem(plans, ty, v, dialect, path);
+    if dialect == Dialect::Authentik { result.map_err(|err| drf_error(ty, v, err)) } else { result }
+}
+
+/// Rewords a conversion error the way DRF words it for the field's type, so that authentik clients see
+/// `{"designation": ["\"x\" is not a valid choice."]}`. Errors from inside a nested object keep their
+/// own (already reworded) field and text.
+fn drf_error(ty: Ty, v: &Value, err: FieldError) -> FieldError {
+    let description = match ty {
+        Ty::Scalar(Scalar::Bool) | Ty::Wkt(Wkt::Wrapper(Scalar::Bool)) => "Must be a valid boolean.".to_string(),
+        Ty::Scalar(Scalar::I32 | Scalar::U32 | Scalar::I64 | Scalar::U64)
+        | Ty::Wkt(Wkt::Wrapper(Scalar::I32 | Scalar::U32 | Scalar::I64 | Scalar::U64)) => {
+            "A valid integer is required.".to_string()
+        }
+        Ty::Scalar(Scalar::F32 | Scalar::F64) | Ty::Wkt(Wkt::Wrapper(Scalar::F32 | Scalar::F64)) => {
+            "A valid number is required.".to_string()
+        }
+        Ty::Scalar(Scalar::String) | Ty::Wkt(Wkt::Wrapper(Scalar::String)) => "Not a valid string.".to_string(),
+        Ty::Enum(_) => {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            format!("\"{text}\" is not a valid choice.")
+        }
+        Ty::Wkt(Wkt::Timestamp) => "Datetime has wrong format. Use one of these formats instead: \
+             YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+            .to_string(),
+        Ty::Message(_) if v.is_object() => return err,
+        Ty::Message(_) | Ty::Wkt(Wkt::Struct | Wkt::Empty | Wkt::Any) => {
+            format!("Invalid data. Expected a dictionary, but got {}.", py_type(v))
+        }
+        Ty::Scalar(Scalar::Bytes)
+        | Ty::Wkt(Wkt::Wrapper(Scalar::Bytes) | Wkt::Duration | Wkt::FieldMask | Wkt::Value | Wkt::ListValue) => {
+            return err;
+        }
+    };
+    FieldError { field: err.field, description }
+}
+
+/// The Python type name DRF puts in its messages for a JSON value.
+fn py_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+fn convert_elem(plans: &Plans, ty: Ty, v: &Value, dialect: Dialect, path: &str) -> Result<Value, FieldError> {
     match ty {
         Ty::Scalar(s) => json_scalar(s, v, path),
         Ty::Enum(e) => match v {
             Value::String(s) => enum_from_text(plans, e, s, dialect, path),
             Value::Number(n) => match n.as_i64().and_then(|n| i32::try_from(n).ok()) {
-                Some(n) => enum_from_number(plans, e, n, path),
+                Some(n) => enum_from_number(plans, e, n, dialect, path),
                 None => Err(FieldError::new(path, format!("{n} is not a valid choice"))),
             },
             other @ (Value::Null | Value::Bool(_) | Value::Array(_) | Value::Object(_)) => {
@@ -280,7 +348,7 @@ pub(crate) fn text_value(plans: &Plans, ty: Ty, text: &str, dialect: Dialect, pa
     match ty {
         Ty::Scalar(s) | Ty::Wkt(Wkt::Wrapper(s)) => text_scalar(s, text, path),
         Ty::Enum(e) => match text.parse::<i32>() {
-            Ok(n) => enum_from_number(plans, e, n, path),
+            Ok(n) => enum_from_number(plans, e, n, dialect, path),
             Err(_) => enum_from_text(plans, e, text, dialect, path),
         },
         Ty::Wkt(Wkt::Timestamp) => {
@@ -305,20 +373,24 @@ fn enum_from_text(plans: &Plans, e: usize, text: &str, dialect: Dialect, path: &
         // authentik clients send `authentication` for `FLOW_DESIGNATION_AUTHENTICATION`.
         (dialect == Dialect::Authentik).then(|| plan.by_short.get(&text.to_ascii_lowercase()).copied()).flatten()
     });
+    // authentik has no "unspecified" choice: the zero value is what an absent field means, not a value.
+    let number = number.filter(|n| dialect != Dialect::Authentik || plan.short_of.get(n).is_some_and(Option::is_some));
     match number.and_then(|n| plan.name_of.get(&n)) {
         Some(name) => Ok(Value::String(name.clone())),
         None => Err(FieldError::new(path, format!("\"{text}\" is not a valid choice"))),
     }
 }
 
-fn enum_from_number(plans: &Plans, e: usize, n: i32, path: &str) -> Result<Value, FieldError> {
-    match plans.enums.get(e).and_then(|p| p.name_of.get(&n)) {
+fn enum_from_number(plans: &Plans, e: usize, n: i32, dialect: Dialect, path: &str) -> Result<Value, FieldError> {
+    let plan =
+        plans.enums.get(e).filter(|p| dialect != Dialect::Authentik || p.short_of.get(&n).is_some_and(Option::is_some));
+    match plan.and_then(|p| p.name_of.get(&n)) {
         Some(name) => Ok(Value::String(name.clone())),
         None => Err(FieldError::new(path, format!("{n} is not a valid choice"))),
     }
 }
 
-fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
     use base64::engine::{DecodePaddingMode, general_purpose};
     let config = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);

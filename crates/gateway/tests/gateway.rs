@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use base64::Engine;
 use flowgate_gateway::{
-    Dialect, Gateway, GatewayConfig, GatewayError, Handler, HttpBinding, IpNet, MatchedRpc, OptionNames, http_bindings,
-    to_rust_code, unary,
+    Dialect, Gateway, GatewayConfig, GatewayError, Handler, HttpBinding, IpNet, MatchedRpc, OptionNames, Reply,
+    http_bindings, to_rust_code, unary,
 };
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -143,6 +144,66 @@ struct TypedResp {
     at: String,
 }
 
+#[derive(serde::Deserialize)]
+struct SlugReq {
+    slug: String,
+}
+
+/// pbjson's JSON form of `google.api.HttpBody`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpBodyJson {
+    content_type: String,
+    data: String,
+}
+
+#[derive(serde::Serialize)]
+struct ExportResp {
+    file: HttpBodyJson,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The export handler: a typed tonic method answering YAML in an HttpBody and setting response metadata.
+fn export_handler() -> Handler {
+    unary(|req: tonic::Request<SlugReq>| async move {
+        let slug = req.into_inner().slug;
+        if slug == "missing" {
+            return Err(tonic::Status::not_found("Not found."));
+        }
+        let yaml = format!("version: 1\nmetadata:\n  name: {slug}\n");
+        let mut resp = tonic::Response::new(ExportResp {
+            file: HttpBodyJson { content_type: "application/yaml".into(), data: b64(yaml.as_bytes()) },
+        });
+        let disposition = format!("attachment; filename=\"{slug}.yaml\"");
+        resp.metadata_mut().insert("content-disposition", disposition.parse().expect("ASCII header value"));
+        // Not on the allowlist: must stay out of the REST response.
+        resp.metadata_mut().insert("x-internal-note", "secret".parse().expect("ASCII header value"));
+        Ok(resp)
+    })
+}
+
+/// A raw handler answering `google.api.HttpBody` itself, with a content disposition for some slugs.
+fn download_handler() -> Handler {
+    Handler::from_fn(|json: Value, _md, _ext| async move {
+        let slug = json["slug"].as_str().unwrap_or_default().to_string();
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let body = match slug.as_str() {
+            "untyped" => json!({ "data": b64(&[0, 159, 146, 150]) }),
+            "empty" => json!({ "contentType": "text/plain" }),
+            "broken" => json!({ "contentType": "text/plain", "data": "%%% not base64" }),
+            _ => {
+                metadata.append("content-disposition", "inline".parse().expect("ASCII header value"));
+                metadata.append("content-disposition", "attachment".parse().expect("ASCII header value"));
+                json!({ "contentType": "text/plain; charset=utf-8", "data": b64(format!("hello {slug}").as_bytes()) })
+            }
+        };
+        Ok(Reply { body, metadata })
+    })
+}
+
 fn handlers(pool: &DescriptorPool, bindings: &[HttpBinding], seen: &Arc<Mutex<Vec<Seen>>>) -> HashMap<String, Handler> {
     let mut map = HashMap::new();
     for b in bindings {
@@ -195,6 +256,18 @@ fn handlers(pool: &DescriptorPool, bindings: &[HttpBinding], seen: &Arc<Mutex<Ve
                     "autocomplete": {},
                 })
             }),
+            "FlowUsedBy" => fixed(seen, rpc, |json| {
+                if json["slug"] == json!("unused") {
+                    return json!({});
+                }
+                json!({ "results": [
+                    { "pk": "b1", "modelName": "flowstagebinding", "action": "USED_BY_ACTION_CASCADE" },
+                    { "pk": "s1", "action": "USED_BY_ACTION_SET_NULL" },
+                ] })
+            }),
+            "ExportFlow" => export_handler(),
+            "Download" => download_handler(),
+            "ClearFlows" => fixed(seen, rpc, |_| json!({ "type": "ignored on 204" })),
             "GetPart" => fixed(seen, rpc, |json| {
                 if json["name"] == json!("empty") {
                     return json!({});
@@ -260,7 +333,9 @@ async fn send(h: &Harness, req: Request<Body>) -> Answer {
     let rpc = resp.extensions().get::<MatchedRpc>().map(|m| m.0.clone());
     let headers = resp.headers().clone();
     let raw = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-    let json = if raw.is_empty() { Value::Null } else { serde_json::from_slice(&raw).unwrap() };
+    // Raw (HttpBody) answers are not JSON; every JSON answer must parse.
+    let is_json = headers.get("content-type").is_some_and(|v| v == "application/json");
+    let json = if raw.is_empty() || !is_json { Value::Null } else { serde_json::from_slice(&raw).unwrap() };
     Answer { status, headers, json, raw, rpc }
 }
 
@@ -822,7 +897,7 @@ async fn malformed_json_is_400_in_every_dialect() {
     assert_eq!(obj.len(), 1, "{}", a.json);
     assert!(obj.contains_key("cache_count") || obj.contains_key("designation"), "{}", a.json);
     let a = json_call(&h, "POST", "/api/v3/flows/instances/", json!({"designation": "bogus"})).await;
-    assert_eq!(a.json, json!({"designation": ["\"bogus\" is not a valid choice"]}));
+    assert_eq!(a.json, json!({"designation": ["\"bogus\" is not a valid choice."]}));
     let a = call(
         &h,
         "POST",
@@ -994,6 +1069,135 @@ async fn authentik_renders_every_key_in_snake_case() {
     assert_eq!(a.json["update_mask"], "title");
     assert_eq!(a.json["flow"]["title"], "New");
     assert_eq!(a.json["flow"]["cache_count"], 0);
+}
+
+#[tokio::test]
+async fn authentik_response_body_list_is_a_bare_array() {
+    let h = harness();
+    let a = call(&h, "GET", "/api/v3/flows/instances/f1/used_by/", &[], "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(
+        a.json,
+        json!([
+            {"pk": "b1", "model_name": "flowstagebinding", "action": "cascade"},
+            {"pk": "s1", "model_name": "", "action": "set_null"},
+        ])
+    );
+    // An unset list is an empty array, not null or an object.
+    let a = call(&h, "GET", "/api/v3/flows/instances/unused/used_by/", &[], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.raw, b"[]");
+}
+
+#[tokio::test]
+async fn http_body_answers_are_written_raw_with_allowed_headers() {
+    let h = harness();
+    // An HttpBody named by response_body, from a typed handler that sets response metadata.
+    let a = call(&h, "GET", "/api/v3/flows/instances/my-flow/export/", &[], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.raw, b"version: 1\nmetadata:\n  name: my-flow\n");
+    assert_eq!(a.headers["content-type"], "application/yaml");
+    assert_eq!(a.headers["content-disposition"], "attachment; filename=\"my-flow.yaml\"");
+    assert!(a.headers.get("x-internal-note").is_none(), "metadata off the allowlist leaked: {:?}", a.headers);
+    assert_eq!(a.rpc.as_deref(), Some("/gwtest.v1.AService/ExportFlow"));
+
+    // Errors of such a method are still rendered in the dialect.
+    let a = call(&h, "GET", "/api/v3/flows/instances/missing/export/", &[], "").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.json, json!({"detail": "Not found."}));
+    assert!(a.headers.get("content-disposition").is_none());
+
+    // HttpBody as the whole response, every value of an allowed header kept in order.
+    let a = call(&h, "GET", "/api/v3/flows/instances/x/download/", &[], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.raw, b"hello x");
+    assert_eq!(a.headers["content-type"], "text/plain; charset=utf-8");
+    let dispositions: Vec<_> = a.headers.get_all("content-disposition").iter().collect();
+    assert_eq!(dispositions, ["inline", "attachment"]);
+
+    // No content type: the bytes are served untyped; no data: an empty body.
+    let a = call(&h, "GET", "/api/v3/flows/instances/untyped/download/", &[], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.raw, [0, 159, 146, 150]);
+    assert_eq!(a.headers["content-type"], "application/octet-stream");
+    let a = call(&h, "GET", "/api/v3/flows/instances/empty/download/", &[], "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.raw.is_empty());
+    assert_eq!(a.headers["content-type"], "text/plain");
+
+    // A handler answering bytes that are not base64 is a server bug, reported as such.
+    let a = call(&h, "GET", "/api/v3/flows/instances/broken/download/", &[], "").await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(a.json["detail"].as_str().unwrap().contains("HttpBody"), "{}", a.json);
+}
+
+#[tokio::test]
+async fn no_content_routes_answer_an_empty_body() {
+    let h = harness();
+    // A POST without body or content type (authentik's cache_clear) reaches the handler; its answer is dropped.
+    let a = call(&h, "POST", "/api/v3/flows/instances/cache_clear/", &[], "").await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(a.raw.is_empty());
+    assert!(a.headers.get("content-type").is_none(), "{:?}", a.headers);
+    assert_eq!(a.rpc.as_deref(), Some("/gwtest.v1.AService/ClearFlows"));
+    assert_eq!(h.calls().await, 1);
+    // Another verb on that literal path falls through to the `{slug}` routes beside it.
+    let a = call(&h, "DELETE", "/api/v3/flows/instances/cache_clear/", &[], "").await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert_eq!(a.rpc.as_deref(), Some("/gwtest.v1.AService/DeleteFlow"));
+    assert!(a.raw.is_empty());
+}
+
+#[tokio::test]
+async fn authentik_body_mistakes_are_drf_field_errors() {
+    let h = harness();
+    // A body field (`flow`) is the serializer: its fields are named without the `flow.` prefix.
+    for (body, expected) in [
+        (json!({"designation": "bogus"}), json!({"designation": ["\"bogus\" is not a valid choice."]})),
+        (json!({"designation": "unspecified"}), json!({"designation": ["\"unspecified\" is not a valid choice."]})),
+        (json!({"designation": 0}), json!({"designation": ["\"0\" is not a valid choice."]})),
+        (json!({"designation": 7}), json!({"designation": ["\"7\" is not a valid choice."]})),
+        (json!({"designation": true}), json!({"designation": ["\"true\" is not a valid choice."]})),
+        (json!({"designations": ["recovery"]}), json!({"designations": ["\"recovery\" is not a valid choice."]})),
+        (json!({"compatibility_mode": "yes"}), json!({"compatibility_mode": ["Must be a valid boolean."]})),
+        (json!({"cache_count": "many"}), json!({"cache_count": ["A valid integer is required."]})),
+        (json!({"cache_count": 1.5}), json!({"cache_count": ["A valid integer is required."]})),
+        (json!({"weight": "heavy"}), json!({"weight": ["A valid number is required."]})),
+        (json!({"title": 5}), json!({"title": ["Not a valid string."]})),
+        (json!({"title": {"a": 1}}), json!({"title": ["Not a valid string."]})),
+        (json!({"stages": "s1"}), json!({"stages": ["Expected a list of items but got type \"str\"."]})),
+        (json!({"stages": [null]}), json!({"stages": ["This field may not be null."]})),
+        (json!({"meta": []}), json!({"meta": ["Expected a dictionary of items but got type \"list\"."]})),
+        (json!({"stage": "st1"}), json!({"stage": ["Invalid data. Expected a dictionary, but got str."]})),
+        (json!({"stage": {"name": false}}), json!({"stage.name": ["Not a valid string."]})),
+        (json!({"attrs": 3}), json!({"attrs": ["Invalid data. Expected a dictionary, but got int."]})),
+        (
+            json!({"created": "yesterday"}),
+            json!({"created": [
+                "Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+            ]}),
+        ),
+        (json!(["title"]), json!({"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]})),
+    ] {
+        let a = json_call(&h, "PATCH", "/api/v3/flows/instances/s1/", body.clone()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.json);
+        assert_eq!(a.json, expected, "{body}");
+    }
+    // The same wording with body `*`.
+    let a = json_call(&h, "POST", "/api/v3/flows/instances/", json!({"slug": "s", "designation": "bogus"})).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.json, json!({"designation": ["\"bogus\" is not a valid choice."]}));
+    let a = call(&h, "POST", "/api/v3/flows/instances/", &[], "[]").await;
+    assert_eq!(a.json, json!({"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]}));
+    assert_eq!(h.calls().await, 0);
+
+    // Other dialects keep their own wording and full field paths.
+    let a = json_call(&h, "POST", "/v1/echo", json!({"color": "COLOR_UNSPECIFIED"})).await;
+    assert_eq!(a.status, StatusCode::OK, "the zero value is a value outside authentik: {}", a.json);
+    let a = json_call(&h, "POST", "/v1/echo", json!({"inner": {"b": "z"}})).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.json["details"][0]["fieldViolations"][0]["field"], "inner.b");
 }
 
 #[tokio::test]
