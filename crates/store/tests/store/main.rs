@@ -5,4 +5,5 @@
 mod common;
 mod event_log;
 mod identity;
+mod idp;
 mod session;
