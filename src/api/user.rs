@@ -6,8 +6,9 @@ use flowgate_core::identity::model::{
     UserKind, UserKindFilter, UserSort, UserState,
 };
 use flowgate_core::identity::{
-    HumanUpdate, Identity, NewHuman, NewMachine, NewPassword, PasswordChange, PasswordVerification,
+    HumanUpdate, Identity, NewHuman, NewMachine, NewPassword, NewUserIdpLink, PasswordChange, PasswordVerification,
 };
+use flowgate_core::idp::IdpId;
 use flowgate_core::session::Sessions;
 use tonic::{Request, Response, Status};
 
@@ -215,8 +216,16 @@ impl pb::user_service_server::UserService for UserApi {
         let rid = request_id(&req);
         let rid = rid.as_deref();
         let ctx = context(&req)?;
-        let pb::AddHumanUserRequest { user_id, username, profile: p, email: e, password_type, phone: ph, organization } =
-            req.into_inner();
+        let pb::AddHumanUserRequest {
+            user_id,
+            username,
+            profile: p,
+            email: e,
+            password_type,
+            phone: ph,
+            organization,
+            idp_links,
+        } = req.into_inner();
         let org_id = resolve_org(&self.identity, &ctx, organization, "organization", rid).await?;
         let password = match password_type {
             None => None,
@@ -236,6 +245,7 @@ impl pb::user_service_server::UserService for UserApi {
             email: email(e, "email", rid)?,
             phone: phone(ph),
             password,
+            idp_links: idp_links.into_iter().map(new_idp_link).collect(),
         };
         let user = self.identity.add_human(&ctx, new).await.map_err(|e| to_status(&e, rid))?;
         Ok(Response::new(pb::AddHumanUserResponse {
@@ -549,6 +559,36 @@ impl pb::user_service_server::UserService for UserApi {
             details: Some(details(&d)),
         }))
     }
+
+    // wired in the IdP adapter
+    async fn add_idp_link(
+        &self,
+        _req: Request<pb::AddIdpLinkRequest>,
+    ) -> Result<Response<pb::AddIdpLinkResponse>, Status> {
+        Err(Status::unimplemented("AddIDPLink is not available yet"))
+    }
+
+    // wired in the IdP adapter
+    async fn list_idp_links(
+        &self,
+        _req: Request<pb::ListIdpLinksRequest>,
+    ) -> Result<Response<pb::ListIdpLinksResponse>, Status> {
+        Err(Status::unimplemented("ListIDPLinks is not available yet"))
+    }
+
+    // wired in the IdP adapter
+    async fn remove_idp_link(
+        &self,
+        _req: Request<pb::RemoveIdpLinkRequest>,
+    ) -> Result<Response<pb::RemoveIdpLinkResponse>, Status> {
+        Err(Status::unimplemented("RemoveIDPLink is not available yet"))
+    }
+}
+
+/// An account at an IdP to link to a new user; the core checks the IdP and validates the ids.
+fn new_idp_link(link: pb::IdpLink) -> NewUserIdpLink {
+    let pb::IdpLink { idp_id, user_id, user_name } = link;
+    NewUserIdpLink { idp_id: IdpId::from(idp_id), external_user_id: user_id, external_username: user_name }
 }
 
 /// How a password change is authorized: the current password, or administrator rights when none is sent.

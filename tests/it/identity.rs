@@ -59,6 +59,7 @@ fn human(username: &str, org_id: Option<&str>, password: Option<&str>) -> user::
         }),
         phone: None,
         organization: org_id.and_then(org_ref),
+        idp_links: vec![],
     }
 }
 
