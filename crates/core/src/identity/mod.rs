@@ -12,9 +12,10 @@ pub use authz::{CallContext, Permission, Principal, role_permissions};
 pub use model::*;
 pub use password::{HashPool, HashingConfig, PasswordHasher, PasswordPolicy};
 pub use ports::{
-    BootstrapRecord, Clock, ExternalTokenVerifier, HumanChange, IdGenerator, InstanceRepo, MemberRepo, NewOrgRecord,
-    NewTokenRecord, NewUserIdpLink, NewUserKind, NewUserRecord, NoopLifecycleHook, OrgRepo, OrgStateChange, Repos,
-    SessionTokenResolver, SystemClock, TokenOwner, TokenRepo, UserLifecycleHook, UserRepo, UserStateChange, UuidV7Ids,
+    BootstrapRecord, Clock, ExternalTokenVerifier, HumanChange, IdGenerator, IdpLinkCheck, InstanceRepo, MemberRepo,
+    NewOrgRecord, NewTokenRecord, NewUserIdpLink, NewUserKind, NewUserRecord, NoopLifecycleHook, OrgRepo,
+    OrgStateChange, Repos, SessionTokenResolver, SystemClock, TokenOwner, TokenRepo, UserLifecycleHook, UserRepo,
+    UserStateChange, UuidV7Ids,
 };
 pub use service::{
     ADMIN_USERNAME, AUTH_ORG_DENIED, AUTH_TOKEN_INVALID, DEFAULT_ORG_NAME, HumanUpdate, Identity, IdentityConfig,

@@ -380,6 +380,14 @@ pub struct NoopLifecycleHook;
 
 impl UserLifecycleHook for NoopLifecycleHook {}
 
+/// Checks the IdP links of a new user before it is written; implemented by the IdP use cases.
+#[async_trait]
+pub trait IdpLinkCheck: Send + Sync {
+    /// Ok when every link's IdP exists, is active and allows linking or user creation, and no link's account
+    /// is linked to a user already; violations name `idp_links[i].idp_id` / `idp_links[i].user_id`.
+    async fn check_new_links(&self, links: &[NewUserIdpLink]) -> Result<()>;
+}
+
 /// Checks bearer tokens issued outside flowgate (e.g. JWTs of an OpenID provider); implemented outside the core.
 #[async_trait]
 pub trait ExternalTokenVerifier: Send + Sync {

@@ -13,9 +13,9 @@ use super::model::{
 use super::password::{HashingConfig, PasswordHasher, PasswordPolicy, is_importable_hash};
 use super::ports::SessionTokenResolver;
 use super::ports::{
-    BootstrapRecord, Clock, ExternalTokenVerifier, HumanChange, IdGenerator, ListQuery, NewOrgRecord, NewTokenRecord,
-    NewUserKind, NewUserRecord, NoopLifecycleHook, ORG_NOT_FOUND, OrgStateChange, Repos, SYSTEM_ACTOR, USER_NOT_FOUND,
-    UserLifecycleHook, UserStateChange,
+    BootstrapRecord, Clock, ExternalTokenVerifier, HumanChange, IdGenerator, IdpLinkCheck, ListQuery, NewOrgRecord,
+    NewTokenRecord, NewUserIdpLink, NewUserKind, NewUserRecord, NoopLifecycleHook, ORG_NOT_FOUND, OrgStateChange,
+    Repos, SYSTEM_ACTOR, USER_NOT_FOUND, UserLifecycleHook, UserStateChange,
 };
 use super::token::{PAT_PREFIX, bearer_token, generate_pat, is_well_formed_pat, token_hash};
 use super::validate::{self, MAX_DESCRIPTION, MAX_TEXT, Violations};
@@ -70,6 +70,8 @@ pub struct NewHuman {
     pub phone: Option<Phone>,
     /// Initial password, if any.
     pub password: Option<NewPassword>,
+    /// Accounts at IdPs to link in the same write (checked through the [`IdpLinkCheck`] port).
+    pub idp_links: Vec<NewUserIdpLink>,
 }
 
 /// An initial password: clear text (hashed here) or an imported hash.
@@ -187,6 +189,7 @@ pub struct Identity {
     hook: Arc<dyn UserLifecycleHook>,
     external: Option<Arc<dyn ExternalTokenVerifier>>,
     session_tokens: Option<Arc<dyn SessionTokenResolver>>,
+    idp_links: Option<Arc<dyn IdpLinkCheck>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -243,6 +246,7 @@ impl Identity {
             hook: Arc::new(NoopLifecycleHook),
             external: None,
             session_tokens: None,
+            idp_links: None,
         })
     }
 
@@ -257,6 +261,13 @@ impl Identity {
     #[must_use]
     pub fn with_external_verifier(mut self, verifier: Arc<dyn ExternalTokenVerifier>) -> Self {
         self.external = Some(verifier);
+        self
+    }
+
+    /// The same use cases, accepting IdP links on new human users after `check` approved them.
+    #[must_use]
+    pub fn with_idp_link_check(mut self, check: Arc<dyn IdpLinkCheck>) -> Self {
+        self.idp_links = Some(check);
         self
     }
 
@@ -552,7 +563,7 @@ impl Identity {
 
     /// Creates a human user (`user.write` in the target org), hashing a clear-text password.
     pub async fn add_human(&self, ctx: &CallContext, new: NewHuman) -> Result<User> {
-        let NewHuman { org_id, user_id, username, profile, email, phone, password } = new;
+        let NewHuman { org_id, user_id, username, profile, email, phone, password, idp_links } = new;
         let org_id = self.target_org(ctx, org_id).await?;
         let mut v = Violations::new();
         let id = self.user_id_or_new(&mut v, user_id);
@@ -575,7 +586,14 @@ impl Identity {
                 v.check("hashed_password.hash", importable(hash));
             }
         }
+        validate::idp_links(&mut v, &idp_links);
         v.finish("USER-invalid")?;
+        if !idp_links.is_empty() {
+            let check = self.idp_links.as_ref().ok_or_else(|| {
+                precondition("USER-idp-links-unavailable", "IdP links are not available on this server")
+            })?;
+            check.check_new_links(&idp_links).await?;
+        }
         let (hash, change_required) = match password {
             None => (None, false),
             // Hashed only after every cheap check passed: hashing is the expensive part.
@@ -594,7 +612,7 @@ impl Identity {
                 phone,
                 password_change_required: change_required,
             },
-            idp_links: Vec::new(),
+            idp_links,
         };
         self.repos().users.create(&record, hash.as_deref(), ctx.actor()).await
     }

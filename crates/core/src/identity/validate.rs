@@ -1,6 +1,7 @@
 //! Input rules of the identity use cases; each violation names the proto field path (snake_case).
 
 use super::model::{Email, ListQuery, Phone, Profile};
+use super::ports::NewUserIdpLink;
 use crate::{Error, FieldViolation, Result};
 
 /// Longest id, name or address accepted from a request, in characters.
@@ -156,6 +157,19 @@ pub fn email_field(v: &mut Violations, prefix: &str, e: &Email) {
 pub fn phone_field(v: &mut Violations, prefix: &str, p: &Phone) {
     let Phone { number, verified: _ } = p;
     v.check(&format!("{prefix}.phone"), phone(number));
+}
+
+/// Checks the IdP links of a new user: each field 1..=200 characters, no account twice.
+pub fn idp_links(v: &mut Violations, links: &[NewUserIdpLink]) {
+    for (i, link) in links.iter().enumerate() {
+        let NewUserIdpLink { idp_id, external_user_id, external_username } = link;
+        v.check(&format!("idp_links[{i}].idp_id"), id(idp_id.as_str()));
+        v.check(&format!("idp_links[{i}].user_id"), id(external_user_id));
+        v.check(&format!("idp_links[{i}].user_name"), optional_text(external_username, MAX_TEXT));
+        if links[..i].iter().any(|l| l.idp_id == *idp_id && l.external_user_id == *external_user_id) {
+            v.add(&format!("idp_links[{i}]"), "links the same account twice");
+        }
+    }
 }
 
 /// The query with its limit resolved (0 ⇒ 100); > 1000 ⇒ InvalidArgument `query.limit`.

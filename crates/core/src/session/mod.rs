@@ -8,9 +8,9 @@ pub mod totp;
 
 pub use model::*;
 pub use ports::{
-    FailureOutcome, LockoutRepo, NewOtpChallenge, NewSessionRecord, OTP_SENDER_MISSING, OtpChallengeRepo, OtpConsume,
-    OtpSender, SESSION_NOT_FOUND, SESSION_TERMINATED, SessionRepo, SessionRepos, SessionState, SessionUpdate,
-    StoredSession, TOTP_NOT_FOUND, TotpRegistration, TotpRepo, UnconfiguredOtpSender,
+    FailureOutcome, IntentVerifier, LockoutRepo, NewOtpChallenge, NewSessionRecord, OTP_SENDER_MISSING,
+    OtpChallengeRepo, OtpConsume, OtpSender, SESSION_NOT_FOUND, SESSION_TERMINATED, SessionRepo, SessionRepos,
+    SessionState, SessionUpdate, StoredSession, TOTP_NOT_FOUND, TotpRegistration, TotpRepo, UnconfiguredOtpSender,
 };
 pub use service::{
     CREDENTIALS_MESSAGE, FAILED_ATTEMPTS, MAX_METADATA_BYTES, SESSION_CODE_INVALID, SESSION_CREDENTIALS_INVALID,

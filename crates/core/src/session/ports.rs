@@ -248,6 +248,18 @@ impl OtpSender for UnconfiguredOtpSender {
     }
 }
 
+/// Checks and consumes IdP intents for the `idp_intent` session check; implemented by the IdP use cases.
+#[async_trait]
+pub trait IntentVerifier: Send + Sync {
+    /// Ok when `token` is the token of intent `intent_id`, the intent has succeeded and is unexpired, its
+    /// IdP is still active, and it belongs to `user` (its user id, or an existing link of its external
+    /// account to `user`). Writes nothing.
+    async fn verify_for_session(&self, intent_id: &str, token: &str, user: &UserId) -> Result<()>;
+    /// Checks like [`IntentVerifier::verify_for_session`], then consumes the intent atomically: of two
+    /// concurrent calls at most one succeeds; a consumed intent fails every later check.
+    async fn consume_for_session(&self, intent_id: &str, token: &str, user: &UserId) -> Result<()>;
+}
+
 /// The repositories the session use cases need, shared.
 #[derive(Clone)]
 pub struct SessionRepos {

@@ -15,8 +15,8 @@ use super::model::{
     SessionFilter, SessionId, UserAgent, UserCheck, UserFactor,
 };
 use super::ports::{
-    NewOtpChallenge, NewSessionRecord, OtpConsume, OtpSender, SESSION_NOT_FOUND, SESSION_TERMINATED, SessionRepos,
-    SessionState, SessionUpdate, TOTP_NOT_FOUND,
+    IntentVerifier, NewOtpChallenge, NewSessionRecord, OtpConsume, OtpSender, SESSION_NOT_FOUND, SESSION_TERMINATED,
+    SessionRepos, SessionState, SessionUpdate, TOTP_NOT_FOUND,
 };
 use super::token::{generate_session_token, is_well_formed_session_token, session_token_hash};
 use super::totp;
@@ -43,7 +43,7 @@ pub const SESSION_EXPIRED: &str = "SESSION-expired";
 pub const SESSION_USER_MISSING: &str = "SESSION-user-missing";
 /// Error id: FailedPrecondition, the user check names another user than the session's.
 pub const SESSION_USER_MISMATCH: &str = "SESSION-user-mismatch";
-/// Error id: FailedPrecondition, IdP intents are not available yet.
+/// Error id: FailedPrecondition, IdP intents are not available (no [`IntentVerifier`] configured).
 pub const SESSION_INTENT_UNAVAILABLE: &str = "SESSION-intent-unavailable";
 /// Error id: FailedPrecondition, the user has no verified TOTP registration.
 pub const SESSION_TOTP_MISSING: &str = "SESSION-totp-missing";
@@ -103,6 +103,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct Sessions {
     inner: Arc<Inner>,
+    intents: Option<Arc<dyn IntentVerifier>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -177,6 +178,19 @@ struct CheckOutcome {
     user: Option<User>,
     /// Events of the successful checks, in order.
     events: Vec<NewEvent>,
+    /// The verified IdP intent, consumed just before the session is written.
+    intent: Option<PendingIntent>,
+}
+
+/// An IdP intent that passed the `idp_intent` check and still has to be consumed.
+struct PendingIntent {
+    id: String,
+    token: String,
+    user: UserId,
+}
+
+fn intent_unavailable() -> Error {
+    Error::new(ErrorKind::FailedPrecondition, SESSION_INTENT_UNAVAILABLE, "IdP intents are not available")
 }
 
 /// The validated parts of a [`SessionChange`].
@@ -301,7 +315,25 @@ impl Sessions {
         clock: Arc<dyn Clock>,
         ids: Arc<dyn IdGenerator>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { config, repos, identity, otp, clock, ids }) }
+        Self { inner: Arc::new(Inner { config, repos, identity, otp, clock, ids }), intents: None }
+    }
+
+    /// The same use cases, checking `idp_intent` through `intents` (without it that check fails with
+    /// FailedPrecondition [`SESSION_INTENT_UNAVAILABLE`]).
+    #[must_use]
+    pub fn with_intents(mut self, intents: Arc<dyn IntentVerifier>) -> Self {
+        self.intents = Some(intents);
+        self
+    }
+
+    /// Consumes the intent the checks verified, right before the session write, so that an intent is only
+    /// used up by a request whose every check passed.
+    async fn consume_intent(&self, pending: Option<PendingIntent>) -> Result<()> {
+        let Some(PendingIntent { id, token, user }) = pending else {
+            return Ok(());
+        };
+        let intents = self.intents.as_ref().ok_or_else(intent_unavailable)?;
+        intents.consume_for_session(&id, &token, &user).await
     }
 
     fn repos(&self) -> &SessionRepos {
@@ -347,6 +379,7 @@ impl Sessions {
         let expiration = self.expiration(change.lifetime, now, None, &mut events)?;
         let (challenges, returned) =
             self.create_challenges(&id, outcome.user.as_ref(), None, &change.challenges, now, &mut events).await?;
+        self.consume_intent(outcome.intent).await?;
         let token = generate_session_token()?;
         let record = NewSessionRecord {
             id,
@@ -384,6 +417,7 @@ impl Sessions {
         let mut factors = session.factors.clone();
         let outcome = self.run_checks(id, &mut factors, change.checks, now).await?;
         let mut events = outcome.events;
+        let pending_intent = outcome.intent;
         let metadata = merge_metadata(&session.metadata, &change.metadata)?;
         if !change.metadata.is_empty() {
             events.push(event("session.metadata.set", json!({ "keys": change.metadata.keys().collect::<Vec<_>>() })));
@@ -403,6 +437,7 @@ impl Sessions {
             // Nothing else changed, but the caller gets a new token all the same.
             events.push(event("session.token.rotated", json!({})));
         }
+        self.consume_intent(pending_intent).await?;
         let token = generate_session_token()?;
         let update = SessionUpdate {
             state: SessionState { factors, metadata, expiration },
@@ -483,7 +518,7 @@ impl Sessions {
         }
 
         if !later_checks {
-            return Ok(CheckOutcome { user, events });
+            return Ok(CheckOutcome { user, events, intent: None });
         }
         let Some(current) = user else {
             return Err(precondition(SESSION_USER_MISSING, "the user must be checked first"));
@@ -494,12 +529,13 @@ impl Sessions {
             factors.password = Some(now);
             events.push(event("session.password.checked", json!({ "at": time_json(now) })));
         }
-        if idp_intent.is_some() {
-            return Err(Error::new(
-                ErrorKind::FailedPrecondition,
-                SESSION_INTENT_UNAVAILABLE,
-                "IdP intents are not available yet",
-            ));
+        let mut intent = None;
+        if let Some((id, token)) = idp_intent {
+            let intents = self.intents.as_ref().ok_or_else(intent_unavailable)?;
+            intents.verify_for_session(&id, &token, &current.id).await?;
+            factors.intent = Some(now);
+            events.push(event("session.intent.checked", json!({ "idp_intent_id": id, "at": time_json(now) })));
+            intent = Some(PendingIntent { id, token, user: current.id.clone() });
         }
         if let Some(code) = totp {
             self.check_totp(&current.id, &code, now).await?;
@@ -516,7 +552,7 @@ impl Sessions {
             factors.otp_email = Some(now);
             events.push(event("session.otp_email.checked", json!({ "at": time_json(now) })));
         }
-        Ok(CheckOutcome { user: Some(current), events })
+        Ok(CheckOutcome { user: Some(current), events, intent })
     }
 
     /// The active user named by `check`; `None` when unknown, inactive, locked or of an inactive org.

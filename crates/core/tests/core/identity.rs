@@ -556,6 +556,7 @@ fn human(username: Option<&str>, email: &str, password: Option<NewPassword>) -> 
         email: Email { address: email.to_owned(), verified: false },
         phone: None,
         password,
+        idp_links: Vec::new(),
     }
 }
 

@@ -689,6 +689,7 @@ async fn human(identity: &Identity, admin: &CallContext, org: &OrgId, name: &str
         email: Email { address: format!("{name}@example.com"), verified: true },
         phone: phone.map(|p| Phone { number: p.to_owned(), verified: true }),
         password: Some(NewPassword::Plain { password: PASSWORD.to_owned(), change_required: false }),
+        idp_links: Vec::new(),
     };
     identity.add_human(admin, new).await.unwrap()
 }
