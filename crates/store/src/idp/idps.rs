@@ -208,7 +208,7 @@ fn idp_intent(id: &str, actor: &str, expected_sequence: Option<u64>, events: Vec
 /// A change to an existing IdP, applied inside its write.
 #[derive(Debug, Clone)]
 enum Change {
-    Config(IdpUpdate),
+    Config(Box<IdpUpdate>),
     State(IdpState),
     Delete,
 }
@@ -330,7 +330,7 @@ impl IdpRepo for IdpRepositories {
 
     async fn update(&self, id: &IdpId, expected_sequence: u64, update: &IdpUpdate, actor: &str) -> Result<Details> {
         let events = vec![config_event("idp.changed", &update.name, &update.options, &update.kind)];
-        self.write_idp(id, Some(expected_sequence), actor, events, Change::Config(update.clone())).await
+        self.write_idp(id, Some(expected_sequence), actor, events, Change::Config(Box::new(update.clone()))).await
     }
 
     async fn set_state(&self, id: &IdpId, change: IdpStateChange, actor: &str) -> Result<Details> {
