@@ -4,6 +4,7 @@
 
 mod common;
 mod event_log;
+mod flow;
 mod identity;
 mod idp;
 mod session;
