@@ -3,9 +3,11 @@
 //! loopback per test and stopped on drop. The tests here prove the peers behave as the IdP tests
 //! expect (PKCE, RS256 ID tokens, both client secret methods, TLS with the test CA, filter escaping).
 
+mod fake_oidc;
 mod ldap;
 mod oidc;
 
+pub use fake_oidc::{FakeOidc, Misbehaviour};
 pub use ldap::LdapPeer;
 pub use oidc::OidcPeer;
 
@@ -64,13 +66,16 @@ fn query(url: &str, name: &str) -> Option<String> {
     url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
-/// The claims of `id_token` after checking its RS256 signature against the provider's JWKS, its
-/// issuer and its audience.
-async fn verified_id_token(peer: &OidcPeer, jwks_uri: &str, id_token: &str) -> Value {
-    let header = jsonwebtoken::decode_header(id_token).expect("ID token header");
-    assert_eq!(header.alg, Algorithm::RS256);
+/// The claims of `id_token` after checking its RS256 signature against the JWKS at `jwks_uri`, its
+/// issuer, audience and expiry.
+async fn verified_id_token(
+    issuer: &str,
+    client_id: &str,
+    jwks_uri: &str,
+    id_token: &str,
+) -> Result<Value, jsonwebtoken::errors::Error> {
     let jwks: Value = reqwest::get(jwks_uri).await.expect("GET jwks").json().await.expect("JWKS JSON");
-    let kid = header.kid.expect("ID token kid");
+    let kid = jsonwebtoken::decode_header(id_token)?.kid.expect("ID token kid");
     let jwk = jwks["keys"]
         .as_array()
         .expect("JWKS keys")
@@ -81,9 +86,9 @@ async fn verified_id_token(peer: &OidcPeer, jwks_uri: &str, id_token: &str) -> V
     let key = DecodingKey::from_rsa_components(jwk["n"].as_str().expect("n"), jwk["e"].as_str().expect("e"))
         .expect("RSA key");
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_issuer(&[&peer.issuer]);
-    validation.set_audience(&[&peer.client_id]);
-    jsonwebtoken::decode::<Value>(id_token, &key, &validation).expect("valid ID token").claims
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[client_id]);
+    Ok(jsonwebtoken::decode::<Value>(id_token, &key, &validation)?.claims)
 }
 
 #[tokio::test]
@@ -122,12 +127,10 @@ async fn oidc_peer_issues_a_code() {
         .expect("token request");
     assert_eq!(response.status(), 200);
     let tokens: Value = response.json().await.expect("token JSON");
-    let claims = verified_id_token(
-        &peer,
-        config["jwks_uri"].as_str().expect("jwks_uri"),
-        tokens["id_token"].as_str().expect("id_token"),
-    )
-    .await;
+    let id_token = tokens["id_token"].as_str().expect("id_token");
+    assert_eq!(jsonwebtoken::decode_header(id_token).expect("header").alg, Algorithm::RS256);
+    let jwks_uri = config["jwks_uri"].as_str().expect("jwks_uri");
+    let claims = verified_id_token(&peer.issuer, &peer.client_id, jwks_uri, id_token).await.expect("valid ID token");
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["nonce"], "n-1");
     assert_eq!(claims["email"], "alice@example.test");
@@ -383,4 +386,121 @@ async fn ldap_peer_certificate_verifies_with_rustls() {
     public.add(other.cert.der().clone()).expect("add other root");
     let err = handshake(public).await.expect_err("an unrelated root must not verify the server");
     assert!(err.to_string().contains("certificate"), "{err}");
+}
+
+/// Logs the fake's user in with PKCE and nonce `nonce`, and exchanges the code (client_secret_basic).
+/// Returns the token response and the code.
+async fn fake_tokens(fake: &FakeOidc, nonce: &str) -> (Value, String) {
+    let config: Value = reqwest::get(format!("{}/.well-known/openid-configuration", fake.issuer))
+        .await
+        .expect("GET discovery")
+        .json()
+        .await
+        .expect("discovery JSON");
+    let (verifier, challenge) = pkce();
+    let mut url = reqwest::Url::parse(config["authorization_endpoint"].as_str().expect("endpoint")).expect("url");
+    url.query_pairs_mut()
+        .append_pair("client_id", &fake.client_id)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid profile email")
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .append_pair("state", "fake-state")
+        .append_pair("nonce", nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let callback = fake.login(url.as_str()).await.expect("fake login");
+    assert!(callback.starts_with(&format!("{REDIRECT_URI}?")), "{callback}");
+    assert_eq!(query(&callback, "state").as_deref(), Some("fake-state"));
+    let code = query(&callback, "code").expect("code");
+    let response = reqwest::Client::new()
+        .post(config["token_endpoint"].as_str().expect("token endpoint"))
+        .basic_auth(&fake.client_id, Some(&fake.client_secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT_URI),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status(), 200);
+    (response.json().await.expect("token JSON"), code)
+}
+
+#[tokio::test]
+async fn fake_oidc_misbehaves_on_request() {
+    use jsonwebtoken::errors::ErrorKind;
+
+    let fake = FakeOidc::start().await;
+    fake.set_user(serde_json::json!({"sub": "ext-42", "email": "carol@fake.test", "given_name": "Carol"})).await;
+    let jwks_uri = format!("{}/jwks", fake.issuer);
+    let verify = |id_token: String| {
+        let (issuer, client_id, jwks_uri) = (fake.issuer.clone(), fake.client_id.clone(), jwks_uri.clone());
+        async move { verified_id_token(&issuer, &client_id, &jwks_uri, &id_token).await }
+    };
+    let id_token = |tokens: &Value| tokens["id_token"].as_str().expect("id_token").to_owned();
+
+    // Behaving: a valid RS256 token for the configured user with the request's nonce; userinfo agrees.
+    let (tokens, code) = fake_tokens(&fake, "nonce-ok").await;
+    let claims = verify(id_token(&tokens)).await.expect("valid ID token");
+    assert_eq!(claims["sub"], "ext-42");
+    assert_eq!(claims["email"], "carol@fake.test");
+    assert_eq!(claims["nonce"], "nonce-ok");
+    let userinfo: Value = reqwest::Client::new()
+        .get(format!("{}/userinfo", fake.issuer))
+        .bearer_auth(tokens["access_token"].as_str().expect("access token"))
+        .send()
+        .await
+        .expect("userinfo")
+        .json()
+        .await
+        .expect("userinfo JSON");
+    assert_eq!(userinfo["sub"], "ext-42");
+
+    // A code works once; the fake records both requests.
+    let replay = reqwest::Client::new()
+        .post(format!("{}/token", fake.issuer))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT_URI),
+            ("client_id", fake.client_id.as_str()),
+            ("client_secret", fake.client_secret.as_str()),
+        ])
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status(), 400);
+    let requests = fake.token_requests().await;
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[0].is_ok(), "{requests:?}");
+    assert!(requests[1].as_ref().is_err_and(|e| e.starts_with("invalid_grant")), "{requests:?}");
+
+    fake.set_misbehaviour(Misbehaviour::WrongNonce).await;
+    let claims = verify(id_token(&fake_tokens(&fake, "nonce-1").await.0)).await.expect("signature still valid");
+    assert_ne!(claims["nonce"], "nonce-1");
+
+    for (misbehaviour, expected) in [
+        (Misbehaviour::WrongAudience, ErrorKind::InvalidAudience),
+        (Misbehaviour::WrongIssuer, ErrorKind::InvalidIssuer),
+        (Misbehaviour::Expired, ErrorKind::ExpiredSignature),
+        (Misbehaviour::Hs256WithPublicKey, ErrorKind::InvalidAlgorithm),
+    ] {
+        fake.set_misbehaviour(misbehaviour).await;
+        let err = verify(id_token(&fake_tokens(&fake, "nonce-2").await.0)).await.expect_err("refused");
+        assert_eq!(err.kind(), &expected, "{misbehaviour:?}");
+    }
+
+    fake.set_misbehaviour(Misbehaviour::AlgNone).await;
+    let token = id_token(&fake_tokens(&fake, "nonce-3").await.0);
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().expect("header")).expect("base64"))
+            .expect("header JSON");
+    assert_eq!(header["alg"], "none");
+    assert!(token.ends_with('.'), "no signature: {token}");
+    assert!(verify(token).await.is_err());
+
+    fake.set_misbehaviour(Misbehaviour::None).await;
+    verify(id_token(&fake_tokens(&fake, "nonce-4").await.0)).await.expect("valid again");
 }
