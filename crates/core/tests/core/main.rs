@@ -1,4 +1,5 @@
 //! The identity and session use cases against in-memory fakes of their ports, in one test binary.
 
 mod identity;
+mod idp;
 mod session;
