@@ -14,7 +14,7 @@ use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, D
 use flowgate_store::{StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
-const LATEST_MIGRATION: &str = "m20261124_000003_sessions";
+const LATEST_MIGRATION: &str = "m20261124_000005_idps";
 
 fn config(url: Option<String>, data_dir: std::path::PathBuf) -> StoreConfig {
     StoreConfig {
@@ -131,7 +131,13 @@ async fn migrate_is_idempotent(store: &Store) {
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     assert_eq!(
         store.pending_migrations().await.expect("pending"),
-        ["m20261124_000001_event_log", "m20261124_000002_identity", LATEST_MIGRATION]
+        [
+            "m20261124_000001_event_log",
+            "m20261124_000002_identity",
+            "m20261124_000003_sessions",
+            "m20261124_000004_flows",
+            LATEST_MIGRATION
+        ]
     );
 
     migrated(store).await;
