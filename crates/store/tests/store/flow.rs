@@ -850,7 +850,8 @@ async fn stage_policy_and_binding_deletes_cascade(store: &Store) {
         spec: StageSpec { name: "id".into(), config: StageConfig::Identification(IdentificationConfig::default()) },
     };
     assert_err(repos.stages.delete(&other(), &"s-pw".into(), &[], ACTOR).await, ErrorKind::NotFound, STAGE_NOT_FOUND);
-    let details = repos.stages.delete(&org(), &"s-pw".into(), &[rewrite.clone()], ACTOR).await.expect("delete");
+    let details =
+        repos.stages.delete(&org(), &"s-pw".into(), std::slice::from_ref(&rewrite), ACTOR).await.expect("delete");
     assert_eq!(details.sequence, 2);
     let payload = last_payload(store, "stage", "s-pw").await;
     assert_eq!(
