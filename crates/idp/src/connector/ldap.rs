@@ -126,6 +126,12 @@ async fn authenticate(
     password: &str,
 ) -> Result<ExternalUser, Failure> {
     let timeout = provider.timeout;
+    // Names go into the filter unescaped (only the username is a value): anything beyond the attribute
+    // description syntax of RFC 4512 §2.5 would change the filter's structure.
+    let mut names = provider.user_object_classes.iter().chain(&provider.user_filters);
+    if let Some(bad) = names.find(|n| !is_attribute_name(n)) {
+        return Err(Failure::Config(format!("{bad:?} is not an attribute or object class name")));
+    }
     step(timeout, "service bind", async {
         ldap.simple_bind(&provider.bind_dn, &provider.bind_password).await?.success()
     })
@@ -149,6 +155,11 @@ async fn authenticate(
     let entry = SearchEntry::construct(entry);
     step(timeout, "user bind", async { ldap.simple_bind(&entry.dn, password).await?.success() }).await?;
     map_entry(&provider.attributes, &attributes, entry.attrs, username)
+}
+
+/// Whether `name` is a descriptor or numeric OID (letters, digits, `-`, `.`), optionally with options (`;`).
+fn is_attribute_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ';'))
 }
 
 /// The configured attribute names (non-empty, deduplicated), and nothing else: asking for `*` would
@@ -388,7 +399,7 @@ impl ServerCertVerifier for NoVerification {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape_filter_value, user_filter};
+    use super::{escape_filter_value, is_attribute_name, user_filter};
 
     #[test]
     fn escapes_every_special_character_of_rfc_4515() {
@@ -416,6 +427,16 @@ mod tests {
         for (i, _) in escaped.match_indices('\\') {
             let hex = escaped.get(i + 1..i + 3).expect("two characters follow every backslash");
             assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{hex:?}");
+        }
+    }
+
+    #[test]
+    fn only_attribute_names_pass_as_names() {
+        for good in ["uid", "mail", "inetOrgPerson", "2.5.4.3", "cn;lang-en", "x-custom"] {
+            assert!(is_attribute_name(good), "{good}");
+        }
+        for bad in ["", "uid=*", "uid)(cn", "mail ", "*", "a\\b", "objectClass=*)(uid"] {
+            assert!(!is_attribute_name(bad), "{bad}");
         }
     }
 
