@@ -16,10 +16,11 @@ use axum::routing::get;
 use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
 use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
 use flowgate_core::identity::{Identity, IdentityConfig};
+use flowgate_core::idp::{IdpConfig, IdpLinkChecker, Idps, RedirectAllowlist, SecretBox};
 use flowgate_core::session::{LockoutPolicy, SessionConfig, Sessions};
 use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
 use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
-use flowgate_idp::{JwtSettings, JwtVerifier};
+use flowgate_idp::{ConnectorConfig, Connectors, JwtSettings, JwtVerifier};
 use flowgate_store::{Store, StoreConfig};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,6 +33,7 @@ use tower::ServiceExt as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::admin::AdminApi;
+use crate::api::idp::IdpApi;
 use crate::api::org::OrgApi;
 use crate::api::session::SessionApi;
 use crate::api::system::SystemApi;
@@ -42,6 +44,8 @@ use crate::http_metrics::{self, HttpMetrics, PoolGauge};
 use crate::notify::Notifier;
 use crate::pb;
 use crate::pb::flowgate::admin::v2::administrator_service_server::AdministratorServiceServer;
+use crate::pb::flowgate::idp::v2::identity_provider_service_server::IdentityProviderServiceServer;
+use crate::pb::flowgate::idp::v2::intent_service_server::IntentServiceServer;
 use crate::pb::flowgate::org::v2::organization_service_server::OrganizationServiceServer;
 use crate::pb::flowgate::session::v2::session_service_server::SessionServiceServer;
 use crate::pb::flowgate::system::v1::system_service_server::SystemServiceServer;
@@ -115,6 +119,45 @@ fn sessions(config: &Config, store: &Store, identity: Identity) -> Result<(Ident
     let identity =
         identity.with_lifecycle_hook(Arc::new(sessions.clone())).with_session_tokens(Arc::new(sessions.clone()));
     Ok((identity, sessions))
+}
+
+/// The IdP use cases, and the identity and sessions they complete: AddHumanUser checks IdP links, and
+/// sessions accept `checks.idp_intent`. `addr` is the bound address, the external URL's fallback.
+fn federation(
+    config: &Config,
+    store: &Store,
+    identity: Identity,
+    sessions: Sessions,
+    addr: SocketAddr,
+) -> Result<(Identity, Sessions, Idps), ServeError> {
+    let federation = &config.federation;
+    let external_url = match &federation.external_url {
+        Some(url) => url.clone(),
+        None => format!("{}://{addr}", if config.tls.is_some() { "https" } else { "http" }),
+    };
+    let allowlist = RedirectAllowlist::new(federation.allowed_redirect_urls.clone())
+        .map_err(|e| ServeError::Config(format!("allowed_redirect_urls: {e}")))?;
+    if allowlist.is_empty() {
+        tracing::info!("no --allowed-redirect-url configured: redirect IdP intents will be refused");
+    }
+    let connectors = Connectors::new(ConnectorConfig {
+        http_timeout: Duration::from_secs(10),
+        discovery_ttl: Duration::from_secs(15 * 60),
+    })
+    .map_err(|e| ServeError::Config(format!("IdP connectors: {e}")))?;
+    let repos = flowgate_store::idp::repos(store);
+    let idps = Idps::new(
+        IdpConfig { external_url, allowlist, intent_lifetime: federation.intent_lifetime },
+        repos.clone(),
+        identity.clone(),
+        Arc::new(connectors),
+        SecretBox::new(sealing_key(config)?),
+        Arc::new(SystemClock),
+        Arc::new(UuidV7Ids),
+    );
+    let identity = identity.with_idp_link_check(Arc::new(IdpLinkChecker::new(repos)));
+    let sessions = sessions.with_intents(Arc::new(idps.clone()));
+    Ok((identity, sessions, idps))
 }
 
 /// Creates the instance on first start and hands the admin token to the operator through a file only
@@ -220,10 +263,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let (identity, sessions) = sessions(&config, &store, identity(&config, &store)?)?;
     bootstrap(&identity, &config.data_dir).await?;
-    let _sealing_key = sealing_key(&config)?;
-    let app = build_app(&config, store.clone(), identity, sessions, schema_version.clone()).await?;
+    // Bound before the application is built: without a configured external URL, the IdP callback URL is
+    // the bound address (port 0 resolves here).
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let (identity, sessions, idps) = federation(&config, &store, identity, sessions, addr)?;
+    let app = build_app(&config, store.clone(), identity, sessions, idps, schema_version.clone()).await?;
     let signal = ShutdownSignal::install()?;
     tracing::info!(
         addr = %addr,
@@ -282,6 +327,7 @@ pub async fn build_app(
     store: Store,
     identity: Identity,
     sessions: Sessions,
+    idps: Idps,
     schema_version: String,
 ) -> Result<Router, ServeError> {
     let started = Instant::now();
@@ -305,8 +351,9 @@ pub async fn build_app(
     let system = Arc::new(SystemApi::new(facts, store_status));
     let authorizer = Authorizer::new(auth::requirement_table(&pool).map_err(ServeError::Api)?, identity.clone());
     let mut handlers = HashMap::new();
-    let users = Arc::new(UserApi::new(identity.clone(), sessions.clone()));
-    let orgs = Arc::new(OrgApi::new(identity.clone(), UserApi::new(identity.clone(), sessions.clone())));
+    let users = Arc::new(UserApi::new(identity.clone(), sessions.clone(), idps.clone()));
+    let orgs = Arc::new(OrgApi::new(identity.clone(), UserApi::new(identity.clone(), sessions.clone(), idps.clone())));
+    let idp_api = Arc::new(IdpApi::new(idps.clone()));
     let session_api = Arc::new(SessionApi::new(sessions));
     let admins = Arc::new(AdminApi::new(identity.clone()));
     handlers.extend(pb::rest::system_service_handlers(system.clone()));
@@ -314,6 +361,8 @@ pub async fn build_app(
     handlers.extend(pb::rest::session_service_handlers(session_api.clone()));
     handlers.extend(pb::rest::organization_service_handlers(orgs.clone()));
     handlers.extend(pb::rest::administrator_service_handlers(admins.clone()));
+    handlers.extend(pb::rest::identity_provider_service_handlers(idp_api.clone()));
+    handlers.extend(pb::rest::intent_service_handlers(idp_api.clone()));
     // Every REST handler runs behind the same authorization as native gRPC.
     let handlers: HashMap<String, flowgate_gateway::Handler> =
         handlers.into_iter().map(|(path, h)| (path.clone(), authorizer.wrap(path, h))).collect();
@@ -329,6 +378,8 @@ pub async fn build_app(
     health_reporter.set_serving::<SessionServiceServer<SessionApi>>().await;
     health_reporter.set_serving::<OrganizationServiceServer<OrgApi>>().await;
     health_reporter.set_serving::<AdministratorServiceServer<AdminApi>>().await;
+    health_reporter.set_serving::<IdentityProviderServiceServer<IdpApi>>().await;
+    health_reporter.set_serving::<IntentServiceServer<IdpApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -342,6 +393,8 @@ pub async fn build_app(
         .add_service(SessionServiceServer::from_arc(session_api).max_decoding_message_size(limit))
         .add_service(OrganizationServiceServer::from_arc(orgs).max_decoding_message_size(limit))
         .add_service(AdministratorServiceServer::from_arc(admins).max_decoding_message_size(limit))
+        .add_service(IdentityProviderServiceServer::from_arc(idp_api.clone()).max_decoding_message_size(limit))
+        .add_service(IntentServiceServer::from_arc(idp_api).max_decoding_message_size(limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -370,6 +423,7 @@ pub async fn build_app(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(ops)
+        .merge(Router::new().route(flowgate_core::idp::CALLBACK_PATH, get(crate::api::idp::callback)).with_state(idps))
         .fallback_service(dispatch)
         .layer(cors(&config.cors_origins))
         .layer(from_fn_with_state(metrics, http_metrics::middleware))

@@ -8,7 +8,7 @@ use flowgate_core::identity::model::{
 use flowgate_core::identity::{
     HumanUpdate, Identity, NewHuman, NewMachine, NewPassword, NewUserIdpLink, PasswordChange, PasswordVerification,
 };
-use flowgate_core::idp::IdpId;
+use flowgate_core::idp::{IdpId, Idps};
 use flowgate_core::session::Sessions;
 use tonic::{Request, Response, Status};
 
@@ -23,12 +23,13 @@ use crate::pb::flowgate::user::v2 as pb;
 pub struct UserApi {
     identity: Identity,
     sessions: Sessions,
+    idps: Idps,
 }
 
 impl UserApi {
-    /// An adapter over `identity` and `sessions`.
-    pub fn new(identity: Identity, sessions: Sessions) -> Self {
-        Self { identity, sessions }
+    /// An adapter over `identity`, `sessions` (TOTP) and `idps` (links).
+    pub fn new(identity: Identity, sessions: Sessions, idps: Idps) -> Self {
+        Self { identity, sessions, idps }
     }
 }
 
@@ -560,28 +561,64 @@ impl pb::user_service_server::UserService for UserApi {
         }))
     }
 
-    // wired in the IdP adapter
     async fn add_idp_link(
         &self,
-        _req: Request<pb::AddIdpLinkRequest>,
+        req: Request<pb::AddIdpLinkRequest>,
     ) -> Result<Response<pb::AddIdpLinkResponse>, Status> {
-        Err(Status::unimplemented("AddIDPLink is not available yet"))
+        let rid = request_id(&req);
+        let rid = rid.as_deref();
+        let ctx = context(&req)?;
+        let pb::AddIdpLinkRequest { user_id, idp_link } = req.into_inner();
+        let pb::IdpLink { idp_id, user_id: external_id, user_name } = convert::required(idp_link, "idp_link", rid)?;
+        let d = self
+            .idps
+            .add_link(&ctx, &UserId::from(user_id), &idp_id, &external_id, &user_name)
+            .await
+            .map_err(|e| to_status(&e, rid))?;
+        Ok(Response::new(pb::AddIdpLinkResponse { details: Some(details(&d)) }))
     }
 
-    // wired in the IdP adapter
     async fn list_idp_links(
         &self,
-        _req: Request<pb::ListIdpLinksRequest>,
+        req: Request<pb::ListIdpLinksRequest>,
     ) -> Result<Response<pb::ListIdpLinksResponse>, Status> {
-        Err(Status::unimplemented("ListIDPLinks is not available yet"))
+        let rid = request_id(&req);
+        let rid = rid.as_deref();
+        let ctx = context(&req)?;
+        let pb::ListIdpLinksRequest { user_id, query } = req.into_inner();
+        let page = self
+            .idps
+            .list_links(&ctx, &UserId::from(user_id), list_query(query))
+            .await
+            .map_err(|e| to_status(&e, rid))?;
+        Ok(Response::new(pb::ListIdpLinksResponse {
+            details: Some(list_details(&page)),
+            result: page
+                .items
+                .into_iter()
+                .map(|l| pb::IdpLink {
+                    idp_id: l.idp_id.as_str().to_owned(),
+                    user_id: l.external_user_id,
+                    user_name: l.external_username,
+                })
+                .collect(),
+        }))
     }
 
-    // wired in the IdP adapter
     async fn remove_idp_link(
         &self,
-        _req: Request<pb::RemoveIdpLinkRequest>,
+        req: Request<pb::RemoveIdpLinkRequest>,
     ) -> Result<Response<pb::RemoveIdpLinkResponse>, Status> {
-        Err(Status::unimplemented("RemoveIDPLink is not available yet"))
+        let rid = request_id(&req);
+        let rid = rid.as_deref();
+        let ctx = context(&req)?;
+        let pb::RemoveIdpLinkRequest { user_id, idp_id, linked_user_id } = req.into_inner();
+        let d = self
+            .idps
+            .remove_link(&ctx, &UserId::from(user_id), &idp_id, &linked_user_id)
+            .await
+            .map_err(|e| to_status(&e, rid))?;
+        Ok(Response::new(pb::RemoveIdpLinkResponse { details: Some(details(&d)) }))
     }
 }
 

@@ -130,7 +130,7 @@ impl<'a> Client<'a> {
     async fn json<Req, Resp>(&self, path: &str, req: Req) -> Result<Resp, Failure>
     where
         Req: Serialize,
-        Resp: DeserializeOwned + Default,
+        Resp: prost::Message + DeserializeOwned + Default,
     {
         let bindings = flowgate::pb::http_bindings();
         let binding =
@@ -179,13 +179,19 @@ impl<'a> Client<'a> {
         }
         let res = request.send().await.expect("json send");
         let status = res.status().as_u16();
-        let text = res.text().await.expect("body");
+        let content_type =
+            res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let raw = res.bytes().await.expect("body");
+        let text = String::from_utf8_lossy(&raw).into_owned();
         if (200..300).contains(&status) {
             let expected = if binding.success_code == 0 { 200 } else { binding.success_code };
             assert_eq!(status, expected, "{path}: success code");
             if status == 204 {
                 assert!(text.is_empty(), "{path}: 204 with a body: {text}");
                 return Ok(Resp::default());
+            }
+            if !binding.response_body.is_empty() {
+                return Ok(from_response_body::<Resp>(binding, &content_type, &raw, &text));
             }
             if binding.dialect == flowgate_gateway::Dialect::Authentik {
                 let value: serde_json::Value =
@@ -222,6 +228,43 @@ impl<'a> Client<'a> {
     }
 }
 
+/// Rebuilds the whole response message when the route answers one field of it (`response_body`): a
+/// message, a bare JSON array of a repeated field, or raw bytes of a `google.api.HttpBody`.
+#[expect(clippy::wildcard_enum_match_arm, reason = "every kind but HttpBody is read as JSON")]
+fn from_response_body<Resp: prost::Message + Default>(
+    binding: &flowgate_gateway::HttpBinding,
+    content_type: &str,
+    raw: &[u8],
+    text: &str,
+) -> Resp {
+    let pool = prost_reflect::DescriptorPool::decode(flowgate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let output = pool.get_message_by_name(&binding.output).expect("output message");
+    let field = output.get_field_by_name(&binding.response_body).expect("response_body field");
+    let mut message = prost_reflect::DynamicMessage::new(output.clone());
+    let value = match field.kind() {
+        prost_reflect::Kind::Message(m) if m.full_name() == "google.api.HttpBody" => {
+            let mut body = prost_reflect::DynamicMessage::new(m);
+            body.set_field_by_name("content_type", prost_reflect::Value::String(content_type.to_owned()));
+            body.set_field_by_name("data", prost_reflect::Value::Bytes(bytes::Bytes::copy_from_slice(raw)));
+            prost_reflect::Value::Message(body)
+        }
+        _ => {
+            let json: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let wrapped = serde_json::json!({ binding.response_body.clone(): json });
+            let wrapped = if binding.dialect == flowgate_gateway::Dialect::Authentik {
+                normalise_fields(&output, wrapped, text)
+            } else {
+                wrapped
+            };
+            let whole = prost_reflect::DynamicMessage::deserialize(output.clone(), wrapped.clone())
+                .unwrap_or_else(|e| panic!("{}: {e}: {wrapped}", binding.output));
+            whole.get_field(&field).into_owned()
+        }
+    };
+    message.set_field(&field, value);
+    Resp::decode(prost::Message::encode_to_vec(&message).as_slice()).expect("re-decode")
+}
+
 /// Reads an authentik-dialect response (snake_case keys, short lower-case enum names, explicit nulls)
 /// into the typed message through the descriptor, checking on the way that every field of the schema is
 /// present as the dialect promises.
@@ -235,16 +278,30 @@ fn authentik_to_proto<Resp: prost::Message + Default>(message: &str, value: serd
 }
 
 fn normalise(desc: &prost_reflect::MessageDescriptor, value: serde_json::Value, text: &str) -> serde_json::Value {
+    if let serde_json::Value::Object(obj) = &value
+        && !desc.full_name().starts_with("google.protobuf.")
+    {
+        for field in desc.fields() {
+            // The dialect writes every key (null where unset); a missing key breaks strict clients.
+            assert!(obj.contains_key(field.name()), "{}: key `{}` missing in {text}", desc.full_name(), field.name());
+        }
+    }
+    normalise_fields(desc, value, text)
+}
+
+/// [`normalise`] without the every-key check (for the wrapper message of a `response_body`).
+#[expect(clippy::wildcard_enum_match_arm, reason = "only enum names and nested messages change; the rest passes as is")]
+fn normalise_fields(
+    desc: &prost_reflect::MessageDescriptor,
+    value: serde_json::Value,
+    text: &str,
+) -> serde_json::Value {
     use prost_reflect::Kind;
     use serde_json::Value;
     if desc.full_name().starts_with("google.protobuf.") {
         return value;
     }
     let Value::Object(obj) = value else { return value };
-    for field in desc.fields() {
-        // The dialect writes every key (null where unset); a missing key breaks strict clients.
-        assert!(obj.contains_key(field.name()), "{}: key `{}` missing in {text}", desc.full_name(), field.name());
-    }
     let mut out = serde_json::Map::new();
     for (key, v) in obj {
         let Some(field) = desc.get_field_by_name(&key).or_else(|| desc.get_field_by_json_name(&key)) else {
