@@ -503,7 +503,7 @@ impl Flows {
             StageConfig::Identification(c) => {
                 if let Some(id) = &c.password_stage {
                     let stage = self.inner.repos.stages.get(org, id).await?;
-                    if !stage.is_some_and(|s| s.spec.config.stage_type() == StageType::Password) {
+                    if stage.is_none_or(|s| s.spec.config.stage_type() != StageType::Password) {
                         v.add("password_stage", invalid_pk(id.as_str()));
                     }
                 }
@@ -1122,29 +1122,14 @@ impl Flows {
         Ok(gates)
     }
 
-    /// Plans the flow `slug` of `org` for `input`: the authentication requirement, the flow's policies (its
-    /// engine mode), then its bindings by order, dropping `evaluate_on_plan` bindings whose policies fail.
-    /// Not applicable ⇒ FailedPrecondition [`FLOW_NOT_APPLICABLE`] (metadata `messages`). Plans are cached
-    /// per (flow, user) for the configured time, except for `stage_configuration` flows. The caller (the
-    /// executor) authorizes the request; this needs no permission.
+    /// Plans the flow `slug` of `org` for `input`: the authentication requirement and the flow's policies
+    /// (its engine mode) on every call, then its bindings by order, dropping `evaluate_on_plan` bindings whose
+    /// policies fail. Not applicable ⇒ FailedPrecondition [`FLOW_NOT_APPLICABLE`] (metadata `messages`).
+    /// The binding walk is cached per (flow, user) for the configured time, except for
+    /// `stage_configuration` flows. The caller (the executor) authorizes the request; this needs no
+    /// permission.
     pub async fn plan(&self, org: &OrgId, slug: &str, input: PlanInput) -> Result<FlowPlan> {
         let flow = self.flow_by_slug(org, slug).await?;
-        let user_key = input.user.as_ref().map_or_else(|| "anonymous".to_owned(), |u| format!("user:{}", u.id));
-        let key = (org.clone(), flow.id.clone(), user_key);
-        let cacheable = flow.spec.designation != Designation::StageConfiguration;
-        if cacheable && let Some(plan) = self.inner.cache.get(&key, self.now()) {
-            return Ok(plan);
-        }
-        let plan = self.build_plan(org, &flow, input).await?;
-        if cacheable {
-            let now = self.now();
-            let ttl = TimeDelta::from_std(self.inner.config.plan_cache_ttl).unwrap_or(TimeDelta::zero());
-            self.inner.cache.put(key, plan.clone(), now + ttl, now);
-        }
-        Ok(plan)
-    }
-
-    async fn build_plan(&self, org: &OrgId, flow: &Flow, input: PlanInput) -> Result<FlowPlan> {
         let PlanInput { user, request, context } = input;
         let denied = |messages: Vec<String>| {
             let message = if messages.is_empty() {
@@ -1168,6 +1153,7 @@ impl Flows {
         if !applicable {
             return Err(denied(vec![format!("flow requires {}", flow.spec.authentication)]));
         }
+        let user_key = user.as_ref().map_or_else(|| "anonymous".to_owned(), |u| format!("user:{}", u.id));
         let policy_input = PolicyInput {
             user,
             request,
@@ -1180,6 +1166,21 @@ impl Flows {
         if !result.passing {
             return Err(denied(result.messages));
         }
+        let key = (org.clone(), flow.id.clone(), user_key);
+        let cacheable = flow.spec.designation != Designation::StageConfiguration;
+        if cacheable && let Some(plan) = self.inner.cache.get(&key, self.now()) {
+            return Ok(plan);
+        }
+        let plan = self.walk_bindings(org, &flow, &policy_input).await?;
+        if cacheable {
+            let now = self.now();
+            let ttl = TimeDelta::from_std(self.inner.config.plan_cache_ttl).unwrap_or(TimeDelta::zero());
+            self.inner.cache.put(key, plan.clone(), now + ttl, now);
+        }
+        Ok(plan)
+    }
+
+    async fn walk_bindings(&self, org: &OrgId, flow: &Flow, policy_input: &PolicyInput) -> Result<FlowPlan> {
         let bindings = self.inner.repos.bindings.of_flows(org, std::slice::from_ref(&flow.id)).await?;
         let stage_ids: Vec<StageId> = bindings.iter().map(|b| b.spec.stage.clone()).collect();
         let stages = self.inner.repos.stages.get_many(org, &stage_ids).await?;
@@ -1200,7 +1201,7 @@ impl Flows {
                     .map(|(_, b, e)| (b.clone(), e.clone()))
                     .collect();
                 let result =
-                    self.inner.evaluator.evaluate_all(binding.spec.policy_engine_mode, &own, &policy_input).await;
+                    self.inner.evaluator.evaluate_all(binding.spec.policy_engine_mode, &own, policy_input).await;
                 if !result.passing {
                     continue;
                 }
@@ -1498,7 +1499,9 @@ fn log(event: &str, model: &str, identifiers: &Map<String, Value>) -> ImportLog 
     for (k, v) in identifiers {
         let text = match v {
             Value::String(s) => s.clone(),
-            other => other.to_string(),
+            other @ (Value::Null | Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_)) => {
+                other.to_string()
+            }
         };
         attributes.insert(k.clone(), text);
     }

@@ -148,7 +148,9 @@ pub fn translate_refs(
                 Value::String(s) => map(*kind, s)
                     .map(Value::String)
                     .ok_or_else(|| format!("{field}: {} {s:?} does not exist", kind_name(*kind))),
-                other => Err(format!("{field}: expected a name, got {other}")),
+                other @ (Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_)) => {
+                    Err(format!("{field}: expected a name, got {other}"))
+                }
             }
         };
         if *list {
@@ -158,7 +160,9 @@ pub fn translate_refs(
                     *items = translated;
                 }
                 Value::Null => *value = Value::Array(Vec::new()),
-                other => return Err(format!("{field}: expected a list, got {other}")),
+                other @ (Value::Bool(_) | Value::Number(_) | Value::String(_) | Value::Object(_)) => {
+                    return Err(format!("{field}: expected a list, got {other}"));
+                }
             }
         } else {
             *value = one(value)?;
