@@ -621,8 +621,8 @@ impl Layers {
         };
         let intent_lifetime = match self.pick("idp_intent_lifetime", |r| r.idp_intent_lifetime.clone()) {
             Some((v, src)) => match parse_duration(&v) {
-                Some(d) if (Duration::from_secs(60)..=Duration::from_secs(24 * 3600)).contains(&d) => d,
-                Some(_) => return Err(bad("idp_intent_lifetime", src, format!("{v:?} is outside 1m..=24h"))),
+                Some(d) if (Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&d) => d,
+                Some(_) => return Err(bad("idp_intent_lifetime", src, format!("{v:?} is outside 1s..=24h"))),
                 None => {
                     return Err(bad("idp_intent_lifetime", src, format!("{v:?} is not a duration like 1h or 30m")));
                 }
@@ -825,7 +825,7 @@ mod tests {
         }
         let err = flag(RawConfig { encryption_key: Some("c2hvcnQ=".into()), ..Default::default() });
         assert_eq!(err.key, "encryption_key");
-        let err = flag(RawConfig { idp_intent_lifetime: Some("2s".into()), ..Default::default() });
+        let err = flag(RawConfig { idp_intent_lifetime: Some("25h".into()), ..Default::default() });
         assert_eq!(err.key, "idp_intent_lifetime");
     }
 

@@ -7,6 +7,7 @@ mod edge;
 mod fuzz;
 mod harness;
 mod identity;
+mod idp;
 mod jwt;
 mod notify;
 mod peers;
