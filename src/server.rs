@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use flowgate_core::flow::{Flows, FlowsConfig};
 use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
 use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
 use flowgate_core::identity::{Identity, IdentityConfig};
@@ -33,6 +34,7 @@ use tower::ServiceExt as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::admin::AdminApi;
+use crate::api::flow::FlowApi;
 use crate::api::idp::IdpApi;
 use crate::api::org::OrgApi;
 use crate::api::session::SessionApi;
@@ -44,6 +46,10 @@ use crate::http_metrics::{self, HttpMetrics, PoolGauge};
 use crate::notify::Notifier;
 use crate::pb;
 use crate::pb::flowgate::admin::v2::administrator_service_server::AdministratorServiceServer;
+use crate::pb::flowgate::flow::v1::binding_service_server::BindingServiceServer;
+use crate::pb::flowgate::flow::v1::flow_service_server::FlowServiceServer;
+use crate::pb::flowgate::flow::v1::policy_service_server::PolicyServiceServer;
+use crate::pb::flowgate::flow::v1::stage_service_server::StageServiceServer;
 use crate::pb::flowgate::idp::v2::identity_provider_service_server::IdentityProviderServiceServer;
 use crate::pb::flowgate::idp::v2::intent_service_server::IntentServiceServer;
 use crate::pb::flowgate::org::v2::organization_service_server::OrganizationServiceServer;
@@ -268,7 +274,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (identity, sessions, idps) = federation(&config, &store, identity, sessions, addr)?;
-    let app = build_app(&config, store.clone(), identity, sessions, idps, schema_version.clone()).await?;
+    let flows = Flows::new(
+        FlowsConfig::default(),
+        flowgate_store::flow::repos(&store),
+        Arc::new(SystemClock),
+        Arc::new(UuidV7Ids),
+    );
+    let app = build_app(&config, store.clone(), identity, sessions, idps, flows, schema_version.clone()).await?;
     let signal = ShutdownSignal::install()?;
     tracing::info!(
         addr = %addr,
@@ -328,6 +340,7 @@ pub async fn build_app(
     identity: Identity,
     sessions: Sessions,
     idps: Idps,
+    flows: Flows,
     schema_version: String,
 ) -> Result<Router, ServeError> {
     let started = Instant::now();
@@ -356,6 +369,7 @@ pub async fn build_app(
     let idp_api = Arc::new(IdpApi::new(idps.clone()));
     let session_api = Arc::new(SessionApi::new(sessions));
     let admins = Arc::new(AdminApi::new(identity.clone()));
+    let flow_api = Arc::new(FlowApi::new(flows, identity.clone()));
     handlers.extend(pb::rest::system_service_handlers(system.clone()));
     handlers.extend(pb::rest::user_service_handlers(users.clone()));
     handlers.extend(pb::rest::session_service_handlers(session_api.clone()));
@@ -363,6 +377,10 @@ pub async fn build_app(
     handlers.extend(pb::rest::administrator_service_handlers(admins.clone()));
     handlers.extend(pb::rest::identity_provider_service_handlers(idp_api.clone()));
     handlers.extend(pb::rest::intent_service_handlers(idp_api.clone()));
+    handlers.extend(pb::rest::flow_service_handlers(flow_api.clone()));
+    handlers.extend(pb::rest::stage_service_handlers(flow_api.clone()));
+    handlers.extend(pb::rest::binding_service_handlers(flow_api.clone()));
+    handlers.extend(pb::rest::policy_service_handlers(flow_api.clone()));
     // Every REST handler runs behind the same authorization as native gRPC.
     let handlers: HashMap<String, flowgate_gateway::Handler> =
         handlers.into_iter().map(|(path, h)| (path.clone(), authorizer.wrap(path, h))).collect();
@@ -380,6 +398,10 @@ pub async fn build_app(
     health_reporter.set_serving::<AdministratorServiceServer<AdminApi>>().await;
     health_reporter.set_serving::<IdentityProviderServiceServer<IdpApi>>().await;
     health_reporter.set_serving::<IntentServiceServer<IdpApi>>().await;
+    health_reporter.set_serving::<FlowServiceServer<FlowApi>>().await;
+    health_reporter.set_serving::<StageServiceServer<FlowApi>>().await;
+    health_reporter.set_serving::<BindingServiceServer<FlowApi>>().await;
+    health_reporter.set_serving::<PolicyServiceServer<FlowApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -395,6 +417,10 @@ pub async fn build_app(
         .add_service(AdministratorServiceServer::from_arc(admins).max_decoding_message_size(limit))
         .add_service(IdentityProviderServiceServer::from_arc(idp_api.clone()).max_decoding_message_size(limit))
         .add_service(IntentServiceServer::from_arc(idp_api).max_decoding_message_size(limit))
+        .add_service(FlowServiceServer::from_arc(flow_api.clone()).max_decoding_message_size(limit))
+        .add_service(StageServiceServer::from_arc(flow_api.clone()).max_decoding_message_size(limit))
+        .add_service(BindingServiceServer::from_arc(flow_api.clone()).max_decoding_message_size(limit))
+        .add_service(PolicyServiceServer::from_arc(flow_api).max_decoding_message_size(limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

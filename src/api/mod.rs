@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod flow;
 pub mod idp;
 pub mod org;
 pub mod session;
