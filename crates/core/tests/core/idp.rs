@@ -823,7 +823,7 @@ async fn templates_ldap_validation_listing_state_and_delete() {
         )
         .await
         .unwrap();
-    assert_eq!(page.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), [github.id.clone()]);
+    assert_eq!(page.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&github.id));
 
     w.idps.deactivate_idp(&w.admin, &ldap.id).await.unwrap();
     let err = w.idps.deactivate_idp(&w.admin, &ldap.id).await.unwrap_err();
