@@ -14,73 +14,28 @@ use crate::identity::OrgId;
 
 pub use crate::identity::Page;
 
-macro_rules! flow_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
-
-        impl $name {
-            /// The id as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-
-            /// Consumes the id and answers its string.
-            pub fn into_string(self) -> String {
-                self.0
-            }
-        }
-
-        impl From<String> for $name {
-            fn from(value: String) -> Self {
-                Self(value)
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(value: &str) -> Self {
-                Self(value.to_owned())
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-    };
-}
-
-flow_id!(
+string_id!(
     /// Identifier of a flow (`pk`, hyphenated UUID when generated).
     FlowId
 );
-flow_id!(
+string_id!(
     /// Identifier of a policy binding model (`policybindingmodel_ptr_id` of a flow, `pbm_id` of a binding):
     /// what policy bindings target.
     PbmId
 );
-flow_id!(
+string_id!(
     /// Identifier of a stage (`stage_uuid`).
     StageId
 );
-flow_id!(
+string_id!(
     /// Identifier of a flow-stage binding (`fsb_uuid`).
     BindingId
 );
-flow_id!(
+string_id!(
     /// Identifier of an expression policy (`policy_uuid`).
     PolicyId
 );
-flow_id!(
+string_id!(
     /// Identifier of a policy binding.
     PolicyBindingId
 );
