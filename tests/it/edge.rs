@@ -267,3 +267,31 @@ async fn body_errors_in_the_zitadel_dialect() {
     let body = res.text().await.expect("text");
     assert!(body.contains("username"), "{body}");
 }
+
+/// NUL and other control characters are client input: a 400 naming the field on every backend, never a
+/// 500 from PostgreSQL refusing to store them.
+#[tokio::test]
+async fn control_characters_are_refused_not_failed() {
+    let server = Server::start().await;
+    let token = server.admin_token();
+    for path in ["/v2/users/a%00b", "/v2/sessions/%00", "/v2/idps/x%01y", "/api/v3/flows/instances/a%00/"] {
+        let res = server.http().get(server.url(path)).bearer_auth(&token).send().await.expect("send");
+        let status = res.status().as_u16();
+        let body = res.text().await.expect("body");
+        assert!(status == 400 || status == 404, "{path}: {status} {body}");
+    }
+    let res = server
+        .http()
+        .post(server.url("/v2/users/human"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "username": "nul-user",
+            "profile": {"givenName": "A\u{0}B", "familyName": "C"},
+            "email": {"email": "nul@example.com"}
+        }))
+        .send()
+        .await
+        .expect("send");
+    let status = res.status().as_u16();
+    assert!(status < 500, "a NUL in a name is the client's mistake: {status} {}", res.text().await.unwrap_or_default());
+}

@@ -325,6 +325,22 @@ fn classify_sqlx(err: &sqlx::Error) -> DbErrorClass {
     }
 }
 
+/// Whether PostgreSQL refused a text value it cannot store (a NUL character: SQLSTATE 22021, or an
+/// untranslatable character: 22P05). That is the client's input, never a fault of the server; SQLite
+/// stores such text as given.
+#[expect(clippy::wildcard_enum_match_arm, reason = "DbErr and sqlx::Error are non-exhaustive")]
+pub(crate) fn is_unstorable_text(err: &DbErr) -> bool {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sqlx::Error::Database(db) => db
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|pg| matches!(pg.code(), "22021" | "22P05")),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// What names the constraint a unique violation hit: the constraint (index) name on PostgreSQL, the
 /// `table.column, …` list of the message on SQLite; `None` when `err` is no unique violation.
 ///

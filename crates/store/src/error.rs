@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use flowgate_core::{Error, ErrorKind};
 use sea_orm::DbErr;
 
-use crate::backend::{DbErrorClass, classify};
+use crate::backend::{DbErrorClass, classify, is_unstorable_text};
 
 /// Everything that can go wrong inside the store.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,12 @@ impl From<StoreError> for Error {
             ),
             StoreError::Connect(_) => unavailable(err),
             StoreError::InvalidUrl(_) | StoreError::DataDir { .. } => Error::internal("STORE-config", err),
+            StoreError::Db(ref db) if is_unstorable_text(db) => Error::new(
+                ErrorKind::InvalidArgument,
+                "STORE-invalid-text",
+                "text values must not contain NUL characters",
+            )
+            .with_source(err),
             StoreError::Db(ref db) => match classify(db) {
                 DbErrorClass::UniqueViolation => {
                     Error::new(ErrorKind::AlreadyExists, "STORE-already-exists", "the object already exists")

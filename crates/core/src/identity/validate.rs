@@ -62,10 +62,14 @@ pub fn optional_text(s: &str, max: usize) -> Check {
     if chars(s) > max { Err(format!("must be at most {max} characters")) } else { Ok(()) }
 }
 
-/// An id from a request: 1..=200 characters, nothing else.
+/// An id from a request: 1..=200 characters without control characters (no stored id has one, and NUL
+/// cannot even reach PostgreSQL).
 pub fn id(s: &str) -> Check {
     if s.is_empty() {
         return Err("must not be empty".to_owned());
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
     }
     optional_text(s, MAX_TEXT)
 }
