@@ -42,7 +42,7 @@ def main() -> int:
         assert got is not None and got.pk == created.pk and got.title == "Welcome", got
 
         page = flows.flows_instances_list(
-            designation="authentication", ordering="slug", page=1, page_size=20, search=slug
+            designation=ak.FlowDesignationEnum.AUTHENTICATION, ordering="slug", page=1, page_size=20, search=slug
         )
         assert page is not None, "list returned no model"
         assert [f.slug for f in page.results] == [slug], page.results

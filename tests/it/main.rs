@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod edge;
+mod flow;
 mod fuzz;
 mod harness;
 mod identity;

@@ -281,7 +281,15 @@ impl Gateway {
         request_id: Option<&str>,
         force_detail: bool,
     ) -> Response<Body> {
-        let http = http_status.unwrap_or_else(|| http_status_for(status.code()));
+        let http = http_status.unwrap_or_else(|| {
+            // authentik's token authentication sends no `WWW-Authenticate` challenge, so DRF answers a
+            // missing or invalid token 403, and authentik's clients expect exactly that.
+            if dialect == Dialect::Authentik && status.code() == Code::Unauthenticated {
+                StatusCode::FORBIDDEN
+            } else {
+                http_status_for(status.code())
+            }
+        });
         let body = error_body(ErrorInput {
             dialect,
             http,

@@ -1324,6 +1324,16 @@ async fn authentik_errors_follow_drf() {
     let a = json_call(&h, "POST", "/api/v3/fail/", json!({"code": 5, "message": "Not found."})).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.json, json!({"detail": "Not found."}));
+    // No challenge scheme: DRF answers authentication failures 403, never 401.
+    let a = json_call(
+        &h,
+        "POST",
+        "/api/v3/fail/",
+        json!({"code": 16, "message": "Authentication credentials were not provided."}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.json, json!({"detail": "Authentication credentials were not provided."}));
 }
 
 #[tokio::test]
