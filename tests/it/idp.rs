@@ -286,6 +286,105 @@ async fn oidc_login_end_to_end_over_every_protocol() {
 }
 
 #[tokio::test]
+async fn auto_creation_and_links_at_user_creation() {
+    let server = start_server().await;
+    let callback_url = server.url("/idps/callback");
+    let peer = OidcPeer::start(std::slice::from_ref(&callback_url)).await;
+    let c = Client::new(&server, Protocol::Json).with_token(&server.admin_token());
+    let res: idp::AddGenericOidcProviderResponse = c
+        .call(
+            ADD_OIDC,
+            idp::AddGenericOidcProviderRequest {
+                name: "Auto".into(),
+                issuer: peer.issuer.clone(),
+                client_id: peer.client_id.clone(),
+                client_secret: peer.client_secret.clone(),
+                provider_options: Some(idp::Options {
+                    is_linking_allowed: true,
+                    is_creation_allowed: true,
+                    is_auto_creation: true,
+                    is_auto_update: false,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("add");
+    let idp_id = res.id;
+
+    // Bob has no account yet: the succeeded intent creates one from his claims, linked to the IdP.
+    let auth_url = start_redirect(&c, &idp_id, APP, APP).await.expect("start");
+    let (status, location) = callback(&peer.login(&auth_url, "bob").await.expect("login")).await;
+    assert_eq!(status, 302);
+    let location = location.expect("location");
+    let bob = param(&location, "user").expect("auto-created user");
+    let got: user::GetUserByIdResponse = c
+        .call("/flowgate.user.v2.UserService/GetUserByID", user::GetUserByIdRequest { user_id: bob.clone() })
+        .await
+        .expect("get bob");
+    let json = serde_json::to_value(&got).expect("json");
+    assert_eq!(json["user"]["human"]["email"]["email"], "bob@example.test", "{json}");
+    let links: user::ListIdpLinksResponse =
+        c.call(LIST_LINKS, user::ListIdpLinksRequest { user_id: bob.clone(), query: None }).await.expect("links");
+    assert_eq!(links.result.len(), 1);
+    assert_eq!(links.result[0].user_id, "bob");
+    // The next login finds the same user through the link, not a second one.
+    let auth_url = start_redirect(&c, &idp_id, APP, APP).await.expect("start");
+    let (_, location) = callback(&peer.login(&auth_url, "bob").await.expect("login")).await;
+    assert_eq!(param(&location.expect("location"), "user").as_deref(), Some(bob.as_str()));
+
+    // AddHumanUser with an IdP link: Alice's first login finds her by the link only.
+    let alice: user::AddHumanUserResponse = c
+        .call(
+            ADD_HUMAN,
+            user::AddHumanUserRequest {
+                username: Some("alice-linked".into()),
+                profile: Some(user::SetHumanProfile {
+                    given_name: "Alice".into(),
+                    family_name: "Liddell".into(),
+                    ..Default::default()
+                }),
+                email: Some(user::SetHumanEmail { email: "someone-else@example.com".into(), verification: None }),
+                idp_links: vec![user::IdpLink {
+                    idp_id: idp_id.clone(),
+                    user_id: "alice".into(),
+                    user_name: "alice".into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("add with link");
+    let auth_url = start_redirect(&c, &idp_id, APP, APP).await.expect("start");
+    let (_, location) = callback(&peer.login(&auth_url, "alice").await.expect("login")).await;
+    assert_eq!(param(&location.expect("location"), "user").as_deref(), Some(alice.user_id.as_str()));
+    // A link to an IdP that does not exist is refused, and no user is left behind.
+    let refused: Result<user::AddHumanUserResponse, _> = c
+        .call(
+            ADD_HUMAN,
+            user::AddHumanUserRequest {
+                username: Some("ghost-linked".into()),
+                profile: Some(user::SetHumanProfile {
+                    given_name: "G".into(),
+                    family_name: "H".into(),
+                    ..Default::default()
+                }),
+                email: Some(user::SetHumanEmail { email: "ghost@example.com".into(), verification: None }),
+                idp_links: vec![user::IdpLink {
+                    idp_id: "no-such-idp".into(),
+                    user_id: "x".into(),
+                    user_name: "x".into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await;
+    let failure = expect_code(refused, Code::InvalidArgument, "unknown IdP");
+    assert!(failure.body.is_some_and(|b| b.to_string().contains("idp")), "names the field");
+    add_user(&c, "ghost-linked").await;
+}
+
+#[tokio::test]
 async fn seed_call_over_json_and_the_allowlist() {
     let server = start_server().await;
     let fake = FakeOidc::start().await;
