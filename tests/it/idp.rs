@@ -608,6 +608,68 @@ async fn ldap_login_end_to_end_and_uniform_failures() {
         .await
         .expect("add LDAP IdP");
     let idp_id = added.id;
+    // The same directory without its CA: the certificate does not verify, so nobody logs in.
+    let untrusted: idp::AddLdapProviderResponse = admin
+        .call(
+            ADD_LDAP,
+            idp::AddLdapProviderRequest {
+                name: "Untrusted directory".into(),
+                servers: vec![directory.ldaps_url.clone()],
+                base_dn: directory.base_dn.clone(),
+                bind_dn: directory.bind_dn.clone(),
+                bind_password: directory.bind_password.clone(),
+                user_base: format!("ou=people,{}", directory.base_dn),
+                user_object_classes: vec!["inetOrgPerson".into()],
+                user_filters: vec!["uid".into()],
+                attributes: Some(idp::LdapAttributes { id_attribute: "uid".into(), ..Default::default() }),
+                provider_options: options(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("add untrusted LDAP IdP");
+    expect_code(
+        start_ldap(&admin, &untrusted.id, "alice", "alice-password").await,
+        Code::InvalidArgument,
+        "certificate not trusted",
+    );
+    // Changing an LDAP configuration needs idp.write: a machine user without roles is refused (CVE-2025-27507).
+    let machine: user::AddMachineUserResponse = admin
+        .call(
+            "/flowgate.user.v2.UserService/AddMachineUser",
+            user::AddMachineUserRequest { username: "no-roles".into(), name: "no roles".into(), ..Default::default() },
+        )
+        .await
+        .expect("machine");
+    let pat: user::AddPersonalAccessTokenResponse = admin
+        .call(
+            "/flowgate.user.v2.UserService/AddPersonalAccessToken",
+            user::AddPersonalAccessTokenRequest { user_id: machine.user_id, expiration_date: None },
+        )
+        .await
+        .expect("pat");
+    for protocol in PROTOCOLS {
+        let weak = Client::new(&server, protocol).with_token(&pat.token);
+        expect_code(
+            weak.call::<_, idp::UpdateLdapProviderResponse>(
+                "/flowgate.idp.v2.IdentityProviderService/UpdateLDAPProvider",
+                idp::UpdateLdapProviderRequest {
+                    id: idp_id.clone(),
+                    name: "Hijacked".into(),
+                    servers: vec!["ldap://evil.example:389".into()],
+                    ..Default::default()
+                },
+            )
+            .await,
+            Code::PermissionDenied,
+            "update without idp.write",
+        );
+        expect_code(
+            weak.call::<_, idp::GetIdpByIdResponse>(GET_IDP, idp::GetIdpByIdRequest { id: idp_id.clone() }).await,
+            Code::PermissionDenied,
+            "read without idp.read",
+        );
+    }
     let alice = add_user(&admin, "alice-ldap").await;
     link(&admin, &alice, &idp_id, "alice").await;
 
