@@ -136,6 +136,9 @@ impl<'a> Client<'a> {
         let binding =
             bindings.iter().find(|b| b.grpc_path() == path).unwrap_or_else(|| panic!("no REST binding for {path}"));
         let mut json = serde_json::to_value(&req).expect("pbjson serialize");
+        if binding.dialect == flowgate_gateway::Dialect::Authentik {
+            json = authentik_request(&binding.input, json);
+        }
         let object = json.as_object_mut().expect("request is an object");
         // Fill the template's variables from the request and remove them from the body.
         let mut url_path = String::new();
@@ -263,6 +266,53 @@ fn from_response_body<Resp: prost::Message + Default>(
     };
     message.set_field(&field, value);
     Resp::decode(prost::Message::encode_to_vec(&message).as_slice()).expect("re-decode")
+}
+
+/// Writes a pbjson request the way authentik clients do: enum values by their short lower-case name.
+fn authentik_request(message: &str, value: serde_json::Value) -> serde_json::Value {
+    let pool = prost_reflect::DescriptorPool::decode(flowgate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let descriptor = pool.get_message_by_name(message).unwrap_or_else(|| panic!("no message {message}"));
+    short_enums(&descriptor, value)
+}
+
+#[expect(clippy::wildcard_enum_match_arm, reason = "only enum values change; the rest passes as is")]
+fn short_enums(desc: &prost_reflect::MessageDescriptor, value: serde_json::Value) -> serde_json::Value {
+    use prost_reflect::Kind;
+    use serde_json::Value;
+    let Value::Object(obj) = value else { return value };
+    let mut out = serde_json::Map::new();
+    for (key, v) in obj {
+        let Some(field) = desc.get_field_by_json_name(&key).or_else(|| desc.get_field_by_name(&key)) else {
+            out.insert(key, v);
+            continue;
+        };
+        let one = |v: Value| -> Value {
+            match (field.kind(), v) {
+                (Kind::Enum(e), Value::String(name)) => {
+                    let prefix = format!("{}_", screaming_snake(e.name()));
+                    Value::String(name.strip_prefix(&prefix).unwrap_or(&name).to_ascii_lowercase())
+                }
+                (Kind::Enum(e), Value::Number(n)) => {
+                    let number = n.as_i64().and_then(|n| i32::try_from(n).ok()).unwrap_or(-1);
+                    let prefix = format!("{}_", screaming_snake(e.name()));
+                    match e.get_value(number) {
+                        Some(v) => {
+                            Value::String(v.name().strip_prefix(&prefix).unwrap_or(v.name()).to_ascii_lowercase())
+                        }
+                        None => Value::Number(n),
+                    }
+                }
+                (Kind::Message(m), v) if !m.full_name().starts_with("google.") => short_enums(&m, v),
+                (_, v) => v,
+            }
+        };
+        let v = match v {
+            Value::Array(items) if field.is_list() => Value::Array(items.into_iter().map(one).collect()),
+            other => one(other),
+        };
+        out.insert(key, v);
+    }
+    Value::Object(out)
 }
 
 /// Reads an authentik-dialect response (snake_case keys, short lower-case enum names, explicit nulls)

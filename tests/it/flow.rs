@@ -1308,7 +1308,9 @@ async fn every_documented_choice_is_accepted_and_others_are_refused() {
         .await;
         assert_eq!((status, body), (400, json!({ field: ["\"bogus\" is not a valid choice."] })), "{field}");
     }
-    for bogus in ["bogus", "unspecified", "AUTHENTICATION_X"] {
+    // Proto names and other spellings are not among the documented choices either.
+    for bogus in ["bogus", "unspecified", "AUTHENTICATION_X", "FLOW_DESIGNATION_AUTHENTICATION", "Authentication", "1"]
+    {
         let (status, body) = http_json(
             &server,
             reqwest::Method::POST,
@@ -1359,7 +1361,8 @@ async fn bad_input_and_auth_failures_use_drf_bodies() {
     let (status, body) =
         http_json(&server, reqwest::Method::GET, "/api/v3/flows/instances/nope/", Some(&token), None).await;
     assert_eq!(status, 404);
-    assert!(body["detail"].is_string(), "{body}");
+    assert_eq!(body["detail"], "Not found.", "DRF's wording, the error id apart in `code`: {body}");
+    assert!(body["code"].is_string(), "{body}");
 
     // Authentication failures: 403 with `detail`, as DRF answers without a challenge scheme.
     for auth in [None, Some("not-a-token")] {

@@ -250,6 +250,9 @@ pub(crate) fn error_body(input: ErrorInput<'_>) -> Value {
             json!({ "code": code as i32, "message": message, "details": decoded.details_json })
         }
         Dialect::Authentik => {
+            // The stable error id travels in `code`; DRF's `detail` is the sentence alone.
+            let suffix = decoded.reason.as_ref().map(|r| format!(" ({r})"));
+            let message = suffix.as_deref().and_then(|sfx| message.strip_suffix(sfx)).unwrap_or(message);
             if code == Code::InvalidArgument && !force_detail {
                 let mut obj = Map::new();
                 if decoded.violations.is_empty() {

@@ -369,10 +369,12 @@ pub(crate) fn text_value(plans: &Plans, ty: Ty, text: &str, dialect: Dialect, pa
 
 fn enum_from_text(plans: &Plans, e: usize, text: &str, dialect: Dialect, path: &str) -> Result<Value, FieldError> {
     let Some(plan) = plans.enums.get(e) else { return Err(FieldError::new(path, "unknown enum")) };
-    let number = plan.by_name.get(text).copied().or_else(|| {
-        // authentik clients send `authentication` for `FLOW_DESIGNATION_AUTHENTICATION`.
-        (dialect == Dialect::Authentik).then(|| plan.by_short.get(&text.to_ascii_lowercase()).copied()).flatten()
-    });
+    let number = match dialect {
+        // authentik clients send `authentication` for `FLOW_DESIGNATION_AUTHENTICATION`, and DRF choice
+        // fields take exactly the documented spelling: no proto names, no other case.
+        Dialect::Authentik => plan.by_short.get(text).copied(),
+        Dialect::Zitadel | Dialect::PingOne => plan.by_name.get(text).copied(),
+    };
     // authentik has no "unspecified" choice: the zero value is what an absent field means, not a value.
     let number = number.filter(|n| dialect != Dialect::Authentik || plan.short_of.get(n).is_some_and(Option::is_some));
     match number.and_then(|n| plan.name_of.get(&n)) {
@@ -382,9 +384,11 @@ fn enum_from_text(plans: &Plans, e: usize, text: &str, dialect: Dialect, path: &
 }
 
 fn enum_from_number(plans: &Plans, e: usize, n: i32, dialect: Dialect, path: &str) -> Result<Value, FieldError> {
-    let plan =
-        plans.enums.get(e).filter(|p| dialect != Dialect::Authentik || p.short_of.get(&n).is_some_and(Option::is_some));
-    match plan.and_then(|p| p.name_of.get(&n)) {
+    if dialect == Dialect::Authentik {
+        // A DRF choice field is a string; `1` is not one of the choices.
+        return Err(FieldError::new(path, format!("\"{n}\" is not a valid choice")));
+    }
+    match plans.enums.get(e).and_then(|p| p.name_of.get(&n)) {
         Some(name) => Ok(Value::String(name.clone())),
         None => Err(FieldError::new(path, format!("{n} is not a valid choice"))),
     }

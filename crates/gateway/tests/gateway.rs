@@ -1016,8 +1016,16 @@ async fn authentik_renders_every_key_in_snake_case() {
         })
     );
 
-    // Create: short enum names, full names and numbers on input; 201; snake_case keys accepted.
-    for designation in [json!("stage_configuration"), json!("FLOW_DESIGNATION_STAGE_CONFIGURATION"), json!(2)] {
+    // Create: exactly the documented short names (DRF choices); proto names, other case and numbers are
+    // not choices.
+    for designation in [json!("FLOW_DESIGNATION_STAGE_CONFIGURATION"), json!("Stage_Configuration"), json!(2)] {
+        let body = json!({"slug": "s", "designation": designation});
+        let a = json_call(&h, "POST", "/api/v3/flows/instances/", body).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{designation}: {}", a.json);
+        assert!(a.json["designation"][0].as_str().is_some_and(|m| m.ends_with("is not a valid choice.")), "{}", a.json);
+    }
+    // 201; snake_case keys accepted.
+    for designation in [json!("stage_configuration")] {
         let body = json!({"slug": "s", "designation": designation, "cache_count": 3, "background": "bg", "designations": ["authentication"]});
         let a = json_call(&h, "POST", "/api/v3/flows/instances/", body).await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.json);
