@@ -173,6 +173,15 @@ struct Flags {
     /// How long a succeeded IdP intent stays usable, e.g. 1h [default: 1h].
     #[arg(long, value_name = "DURATION")]
     idp_intent_lifetime: Option<String>,
+    /// How long a flow plan is reused per flow and user, e.g. 5m; 0 turns the cache off [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    flow_plan_cache_ttl: Option<String>,
+    /// Longest an expression policy may run before it fails closed, e.g. 500ms [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    policy_max_timeout: Option<String>,
+    /// Expression policies evaluated at once [default: 8].
+    #[arg(long, value_name = "N")]
+    policy_max_concurrent: Option<u64>,
 }
 
 impl Flags {
@@ -209,6 +218,9 @@ impl Flags {
             allowed_redirect_urls,
             encryption_key,
             idp_intent_lifetime,
+            flow_plan_cache_ttl,
+            policy_max_timeout,
+            policy_max_concurrent,
         } = self;
         let raw = RawConfig {
             listen,
@@ -240,6 +252,9 @@ impl Flags {
             allowed_redirect_urls: list(allowed_redirect_urls),
             encryption_key,
             idp_intent_lifetime,
+            flow_plan_cache_ttl,
+            policy_max_timeout,
+            policy_max_concurrent,
         };
         (config, raw)
     }

@@ -76,6 +76,19 @@ pub struct Config {
     pub delivery: Delivery,
     /// Identity-provider federation settings.
     pub federation: Federation,
+    /// Flow planning and policy evaluation limits.
+    pub flows: FlowSettings,
+}
+
+/// Flow planning and expression-policy limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSettings {
+    /// How long a computed flow plan is reused per (flow, user) in this process.
+    pub plan_cache_ttl: Duration,
+    /// Upper bound of any policy binding's timeout; an evaluation past it fails closed.
+    pub policy_max_timeout: Duration,
+    /// Policy evaluations running at once; more wait for a slot within their timeout.
+    pub policy_max_concurrent: usize,
 }
 
 /// Settings of identity-provider federation (intents, callbacks, sealed secrets).
@@ -227,6 +240,12 @@ pub struct RawConfig {
     pub encryption_key: Option<String>,
     /// See [`Federation::intent_lifetime`]; a duration like `1h`, `30m`, `90s`.
     pub idp_intent_lifetime: Option<String>,
+    /// See [`FlowSettings::plan_cache_ttl`].
+    pub flow_plan_cache_ttl: Option<String>,
+    /// See [`FlowSettings::policy_max_timeout`].
+    pub policy_max_timeout: Option<String>,
+    /// See [`FlowSettings::policy_max_concurrent`].
+    pub policy_max_concurrent: Option<u64>,
 }
 
 /// Reads a TOML file into raw values; unknown keys and wrong types are errors naming the key.
@@ -310,6 +329,9 @@ pub fn read_env(env: &HashMap<String, String>) -> Result<RawConfig, ConfigError>
         allowed_redirect_urls: list("FLOWGATE_ALLOWED_REDIRECT_URLS"),
         encryption_key: get("FLOWGATE_ENCRYPTION_KEY"),
         idp_intent_lifetime: get("FLOWGATE_IDP_INTENT_LIFETIME"),
+        flow_plan_cache_ttl: get("FLOWGATE_FLOW_PLAN_CACHE_TTL"),
+        policy_max_timeout: get("FLOWGATE_POLICY_MAX_TIMEOUT"),
+        policy_max_concurrent: number("policy_max_concurrent", "FLOWGATE_POLICY_MAX_CONCURRENT")?,
     })
 }
 
@@ -570,6 +592,7 @@ impl Layers {
             (Some(_), Some(_)) | (None, None) => {}
         }
         let federation = self.federation()?;
+        let flows = self.flows()?;
         Ok(Config {
             listen,
             data_dir,
@@ -588,7 +611,53 @@ impl Layers {
             lockout,
             delivery,
             federation,
+            flows,
         })
+    }
+
+    /// The flow keys: plan cache lifetime and policy evaluation limits.
+    fn flows(&self) -> Result<FlowSettings, ConfigError> {
+        let duration = |key: &str,
+                        get: fn(&RawConfig) -> Option<String>,
+                        range: std::ops::RangeInclusive<Duration>,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            match self.pick(key, get) {
+                Some((v, src)) => match parse_duration(&v) {
+                    Some(d) if range.contains(&d) => Ok(d),
+                    _ => Err(ConfigError {
+                        key: key.to_owned(),
+                        origin: src,
+                        message: format!("{v:?} is not a duration within {:?}..={:?}", range.start(), range.end()),
+                    }),
+                },
+                None => Ok(default),
+            }
+        };
+        let plan_cache_ttl = duration(
+            "flow_plan_cache_ttl",
+            |r| r.flow_plan_cache_ttl.clone(),
+            Duration::ZERO..=Duration::from_secs(3600),
+            Duration::from_secs(300),
+        )?;
+        let policy_max_timeout = duration(
+            "policy_max_timeout",
+            |r| r.policy_max_timeout.clone(),
+            Duration::from_millis(10)..=Duration::from_secs(300),
+            Duration::from_secs(1),
+        )?;
+        let policy_max_concurrent = match self.pick("policy_max_concurrent", |r| r.policy_max_concurrent) {
+            Some((n, src)) if !(1..=1024).contains(&n) => {
+                return Err(ConfigError {
+                    key: "policy_max_concurrent".to_owned(),
+                    origin: src,
+                    message: format!("{n} is outside 1..=1024"),
+                });
+            }
+            Some((n, _)) => usize::try_from(n).unwrap_or(8),
+            None => 8,
+        };
+        Ok(FlowSettings { plan_cache_ttl, policy_max_timeout, policy_max_concurrent })
     }
 
     /// The federation keys: external URL, redirect allowlist, sealing key, intent lifetime.
@@ -827,6 +896,24 @@ mod tests {
         assert_eq!(err.key, "encryption_key");
         let err = flag(RawConfig { idp_intent_lifetime: Some("25h".into()), ..Default::default() });
         assert_eq!(err.key, "idp_intent_lifetime");
+    }
+
+    #[test]
+    fn flow_keys() {
+        let flows = Layers::default().resolve().expect("defaults").flows;
+        assert_eq!(flows.policy_max_timeout, Duration::from_secs(1));
+        let layers = Layers {
+            env: read_env(&env(&[("FLOWGATE_POLICY_MAX_TIMEOUT", "250ms"), ("FLOWGATE_POLICY_MAX_CONCURRENT", "2")]))
+                .expect("env"),
+            ..Default::default()
+        };
+        let flows = layers.resolve().expect("valid").flows;
+        assert_eq!((flows.policy_max_timeout, flows.policy_max_concurrent), (Duration::from_millis(250), 2));
+        let bad = Layers {
+            flags: RawConfig { policy_max_timeout: Some("1ms".into()), ..Default::default() },
+            ..Default::default()
+        };
+        assert_eq!(bad.resolve().expect_err("too short").key, "policy_max_timeout");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use flowgate_core::flow::{Flows, FlowsConfig};
+use flowgate_core::flow::{Flows, FlowsConfig, PolicyConfig};
 use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
 use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
 use flowgate_core::identity::{Identity, IdentityConfig};
@@ -275,7 +275,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     let (identity, sessions, idps) = federation(&config, &store, identity, sessions, addr)?;
     let flows = Flows::new(
-        FlowsConfig::default(),
+        FlowsConfig {
+            plan_cache_ttl: config.flows.plan_cache_ttl,
+            policy: PolicyConfig {
+                max_timeout: config.flows.policy_max_timeout,
+                max_concurrent: config.flows.policy_max_concurrent,
+            },
+        },
         flowgate_store::flow::repos(&store),
         Arc::new(SystemClock),
         Arc::new(UuidV7Ids),
