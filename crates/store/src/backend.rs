@@ -332,9 +332,9 @@ fn classify_sqlx(err: &sqlx::Error) -> DbErrorClass {
 pub(crate) fn is_unstorable_text(err: &DbErr) -> bool {
     match err {
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
-            sqlx::Error::Database(db) => db
-                .try_downcast_ref::<PgDatabaseError>()
-                .is_some_and(|pg| matches!(pg.code(), "22021" | "22P05")),
+            sqlx::Error::Database(db) => {
+                db.try_downcast_ref::<PgDatabaseError>().is_some_and(|pg| matches!(pg.code(), "22021" | "22P05"))
+            }
             _ => false,
         },
         _ => false,
