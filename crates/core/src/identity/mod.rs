@@ -1,6 +1,7 @@
 //! Identity: organizations, users, personal access tokens, members and their use cases.
 
 pub mod authz;
+mod cache;
 pub mod model;
 pub mod password;
 pub mod ports;
@@ -9,6 +10,7 @@ pub mod token;
 pub mod validate;
 
 pub use authz::{CallContext, Permission, Principal, role_permissions};
+pub use cache::DEFAULT_PRINCIPAL_TTL;
 pub use model::*;
 pub use password::{HashPool, HashingConfig, PasswordHasher, PasswordPolicy};
 pub use ports::{

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::authz::{CallContext, Permission, Principal};
+use super::cache::{DEFAULT_PRINCIPAL_TTL, PrincipalCache};
 use super::model::{
     Email, Machine, Member, MemberScope, OrgFilter, OrgId, OrgState, Organization, Page, PersonalAccessToken, Phone,
     Profile, Role, TokenId, User, UserFilter, UserId, UserSort, UserState, org_primary_domain,
@@ -190,6 +191,8 @@ pub struct Identity {
     external: Option<Arc<dyn ExternalTokenVerifier>>,
     session_tokens: Option<Arc<dyn SessionTokenResolver>>,
     idp_links: Option<Arc<dyn IdpLinkCheck>>,
+    /// Shared by every clone, so an invalidation reaches all of them.
+    principals: Arc<PrincipalCache>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -247,7 +250,17 @@ impl Identity {
             external: None,
             session_tokens: None,
             idp_links: None,
+            principals: Arc::new(PrincipalCache::new(DEFAULT_PRINCIPAL_TTL)),
         })
+    }
+
+    /// The same use cases with the PAT principal cache trusting entries for `ttl` (zero: no cache). Other
+    /// replicas see a revoked token or a changed user only after this long; this process at once. Call it
+    /// before cloning: clones made earlier keep the old cache.
+    #[must_use]
+    pub fn with_principal_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.principals = Arc::new(PrincipalCache::new(ttl));
+        self
     }
 
     /// The same use cases, telling `hook` whenever a user is deactivated, locked or deleted.
@@ -304,13 +317,20 @@ impl Identity {
         if !is_well_formed_pat(token) {
             return Err(token_invalid());
         }
-        let owner = self.repos().tokens.find_by_hash(&token_hash(token)).await?.ok_or_else(token_invalid)?;
+        let hash = token_hash(token);
+        let ticket = match self.principals.get(&hash, self.inner.clock.now()) {
+            Ok(principal) => return Ok(principal),
+            Err(ticket) => ticket,
+        };
+        let owner = self.repos().tokens.find_by_hash(&hash).await?.ok_or_else(token_invalid)?;
         let now = self.inner.clock.now();
         let expired = owner.token.expiration.is_some_and(|at| at <= now);
         if expired || owner.user.state != UserState::Active || owner.org_state != OrgState::Active {
             return Err(token_invalid());
         }
-        self.principal_of(owner.user.id, owner.user.org_id).await
+        let principal = self.principal_of(owner.user.id, owner.user.org_id).await?;
+        self.principals.put(ticket, &hash, &principal, owner.token.expiration, now);
+        Ok(principal)
     }
 
     /// The caller named by the subject of an external token; the user and its org must be active, as for PATs.
@@ -504,7 +524,10 @@ impl Identity {
         if change == OrgStateChange::Deactivate && org.id == ctx.principal.org_id {
             return Err(precondition("ORG-own", "the caller's own organization cannot be deactivated"));
         }
-        self.repos().orgs.set_state(id, change, ctx.actor()).await
+        let written = self.repos().orgs.set_state(id, change, ctx.actor()).await;
+        // After the write, whatever its outcome (a failed commit may still have applied).
+        self.principals.invalidate_all();
+        written
     }
 
     /// Deletes an org (`org.delete`) with its users, tokens and memberships; the caller's own org cannot be.
@@ -515,7 +538,9 @@ impl Identity {
             return Err(precondition("ORG-own", "the caller's own organization cannot be deleted"));
         }
         let users = self.user_ids_of_org(id).await?;
-        let details = self.repos().orgs.delete(id, ctx.actor()).await?;
+        let written = self.repos().orgs.delete(id, ctx.actor()).await;
+        self.principals.invalidate_all();
+        let details = written?;
         for user in &users {
             self.hook.on_user_disabled(user).await?;
         }
@@ -838,7 +863,9 @@ impl Identity {
         if disables && user.id == ctx.principal.user_id {
             return Err(precondition("USER-self", "callers cannot disable themselves"));
         }
-        let details = self.repos().users.set_state(id, change, ctx.actor()).await?;
+        let written = self.repos().users.set_state(id, change, ctx.actor()).await;
+        self.principals.invalidate_user(id);
+        let details = written?;
         if disables {
             self.hook.on_user_disabled(id).await?;
         }
@@ -851,7 +878,9 @@ impl Identity {
         if *id == ctx.principal.user_id {
             return Err(precondition("USER-self", "callers cannot delete themselves"));
         }
-        let details = self.repos().users.delete(id, ctx.actor()).await?;
+        let written = self.repos().users.delete(id, ctx.actor()).await;
+        self.principals.invalidate_user(id);
+        let details = written?;
         self.hook.on_user_disabled(id).await?;
         Ok(details)
     }
@@ -897,7 +926,10 @@ impl Identity {
     /// Revokes a PAT (own, or `user.credential.write`).
     pub async fn remove_pat(&self, ctx: &CallContext, user: &UserId, token: &TokenId) -> Result<Details> {
         self.machine_for_tokens(ctx, user, Permission::UserCredentialWrite).await?;
-        self.repos().tokens.delete(user, token, ctx.actor()).await
+        let written = self.repos().tokens.delete(user, token, ctx.actor()).await;
+        // The digest of the removed token is unknown here: every entry of its owner goes.
+        self.principals.invalidate_user(user);
+        written
     }
 
     // ---------------------------------------------------------------- members
@@ -939,13 +971,17 @@ impl Identity {
             self.repos().orgs.get(org).await?.ok_or_else(not_found_org)?;
         }
         self.get_user(ctx, user).await?;
-        self.repos().members.set(user, &scope, &roles, ctx.actor()).await
+        let written = self.repos().members.set(user, &scope, &roles, ctx.actor()).await;
+        self.principals.invalidate_user(user);
+        written
     }
 
     /// Revokes all roles of `user` in `scope` (`member.write` on the scope); none held ⇒ NotFound.
     pub async fn remove_member(&self, ctx: &CallContext, user: &UserId, scope: MemberScope) -> Result<Details> {
         self.require_scope(ctx, Permission::MemberWrite, &scope)?;
-        self.repos().members.remove(user, &scope, ctx.actor()).await
+        let written = self.repos().members.remove(user, &scope, ctx.actor()).await;
+        self.principals.invalidate_user(user);
+        written
     }
 
     /// The memberships in `scope` (`member.read` on the scope).
@@ -1010,7 +1046,9 @@ impl Identity {
         if user.state != UserState::Active {
             return Ok(false);
         }
-        match self.repos().users.set_state(id, UserStateChange::Lock, SYSTEM_ACTOR).await {
+        let written = self.repos().users.set_state(id, UserStateChange::Lock, SYSTEM_ACTOR).await;
+        self.principals.invalidate_user(id);
+        match written {
             Ok(_) => {}
             // Deleted concurrently: nothing left to lock.
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),

@@ -211,6 +211,8 @@ fn page<T: Clone>(items: Vec<T>, q: &ListQuery) -> Page<T> {
 #[derive(Default)]
 struct Fake {
     db: Mutex<Db>,
+    /// How often a token was looked up by its digest (the principal cache saves these).
+    token_lookups: std::sync::atomic::AtomicUsize,
 }
 
 fn not_found(id: &'static str) -> Error {
@@ -372,6 +374,7 @@ impl TokenRepo for Fake {
         self.db.lock().await.create_token(token)
     }
     async fn find_by_hash(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
+        self.token_lookups.fetch_add(1, Ordering::SeqCst);
         let db = self.db.lock().await;
         let Some(t) = db.tokens.iter().find(|t| t.hash == token_hash) else {
             return Ok(None);
@@ -1150,4 +1153,93 @@ async fn members_validate_roles_and_scope() {
     assert_eq!("ORG_OWNER".parse::<Role>().unwrap(), Role::OrgOwner);
     assert!("org_owner".parse::<Role>().is_err());
     assert!(w.hook.disabled.lock().await.is_empty());
+}
+
+#[tokio::test]
+async fn principal_cache_never_outlives_a_change_made_in_this_process() {
+    let w = World::new().await;
+    let admin = w.admin().await;
+    let org = w.identity.add_org(&admin, "Cached").await.unwrap();
+    let (bot, token) = w.machine_with_roles(&org.id, "cached-bot", vec![Role::OrgOwner]).await;
+    let header = format!("Bearer {token}");
+    let lookups = || w.fake.token_lookups.load(Ordering::SeqCst);
+    let roles = |p: &Principal| p.org_roles.iter().flat_map(|(_, r)| r.clone()).collect::<Vec<_>>();
+
+    // Served from the cache: one lookup for two calls.
+    let before = lookups();
+    let first = w.identity.authenticate(Some(&header)).await.unwrap();
+    assert_eq!(w.identity.authenticate(Some(&header)).await.unwrap(), first);
+    assert_eq!(lookups() - before, 1);
+    assert_eq!(roles(&first), vec![Role::OrgOwner]);
+
+    // Membership changes are seen by the very next call.
+    w.identity.add_member(&admin, &bot, MemberScope::Org(org.id.clone()), vec![Role::OrgUserManager]).await.unwrap();
+    assert_eq!(roles(&w.identity.authenticate(Some(&header)).await.unwrap()), vec![Role::OrgUserManager]);
+    w.identity.remove_member(&admin, &bot, MemberScope::Org(org.id.clone())).await.unwrap();
+    assert!(w.identity.authenticate(Some(&header)).await.unwrap().org_roles.is_empty());
+
+    // So are deactivation, locking and revocation, through a clone of the use cases too.
+    let other = w.identity.clone();
+    assert!(other.authenticate(Some(&header)).await.is_ok());
+    w.identity.deactivate_user(&admin, &bot).await.unwrap();
+    assert_eq!(other.authenticate(Some(&header)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+    w.identity.reactivate_user(&admin, &bot).await.unwrap();
+    assert!(other.authenticate(Some(&header)).await.is_ok());
+    w.identity.lock_user(&admin, &bot).await.unwrap();
+    assert_eq!(w.identity.authenticate(Some(&header)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+    w.identity.unlock_user(&admin, &bot).await.unwrap();
+    assert!(w.identity.lock_after_failed_attempts(&bot).await.unwrap());
+    assert_eq!(w.identity.authenticate(Some(&header)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+    w.identity.unlock_user(&admin, &bot).await.unwrap();
+    assert!(w.identity.authenticate(Some(&header)).await.is_ok());
+    let pats = w.identity.list_pats(&admin, &bot, ListQuery::default()).await.unwrap();
+    for pat in &pats.items {
+        w.identity.remove_pat(&admin, &bot, &pat.id).await.unwrap();
+    }
+    assert_eq!(w.identity.authenticate(Some(&header)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+
+    // Org deactivation and deletion reach every user of the org.
+    let (doomed, doomed_token) = w.machine_with_roles(&org.id, "doomed", vec![]).await;
+    let doomed_header = format!("Bearer {doomed_token}");
+    assert!(w.identity.authenticate(Some(&doomed_header)).await.is_ok());
+    w.identity.deactivate_org(&admin, &org.id).await.unwrap();
+    assert_eq!(w.identity.authenticate(Some(&doomed_header)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+    w.identity.reactivate_org(&admin, &org.id).await.unwrap();
+    assert!(w.identity.authenticate(Some(&doomed_header)).await.is_ok());
+    w.identity.delete_user(&admin, &doomed).await.unwrap();
+    assert_eq!(w.identity.authenticate(Some(&doomed_header)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+
+    // A token expiring while cached stops working at its expiration, not at the end of the TTL.
+    let soon = Utc::now() + chrono::Duration::milliseconds(1500);
+    let (_, expiring) = w.identity.add_pat(&admin, &admin.principal.user_id, Some(soon)).await.unwrap();
+    let expiring = format!("Bearer {expiring}");
+    assert!(w.identity.authenticate(Some(&expiring)).await.is_ok());
+    w.clock.offset_secs.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(w.identity.authenticate(Some(&expiring)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+    w.clock.offset_secs.store(0, Ordering::SeqCst);
+}
+
+#[tokio::test]
+async fn principal_cache_sees_other_replicas_changes_after_its_ttl() {
+    let w = World::new().await;
+    let admin = w.admin().await;
+    let org = w.identity.add_org(&admin, "Replicas").await.unwrap();
+    let (bot, token) = w.machine_with_roles(&org.id, "replica-bot", vec![]).await;
+    let header = format!("Bearer {token}");
+    assert!(w.identity.authenticate(Some(&header)).await.is_ok());
+    // Another replica deactivates the user: this process learns nothing of it ...
+    w.fake.db.lock().await.users.iter_mut().filter(|u| u.id == bot).for_each(|u| u.state = UserState::Inactive);
+    assert!(w.identity.authenticate(Some(&header)).await.is_ok());
+    // ... until the entry is older than the TTL (two seconds).
+    w.clock.offset_secs.store(2, Ordering::SeqCst);
+    assert_eq!(w.identity.authenticate(Some(&header)).await.unwrap_err().id(), AUTH_TOKEN_INVALID);
+
+    // Without the cache every call reads the token.
+    let uncached = w.identity.clone().with_principal_cache_ttl(Duration::ZERO);
+    let before = w.fake.token_lookups.load(Ordering::SeqCst);
+    let admin_header = format!("Bearer {}", w.admin_token);
+    assert!(uncached.authenticate(Some(&admin_header)).await.is_ok());
+    assert!(uncached.authenticate(Some(&admin_header)).await.is_ok());
+    assert_eq!(w.fake.token_lookups.load(Ordering::SeqCst) - before, 2);
 }
