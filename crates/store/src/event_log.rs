@@ -86,6 +86,9 @@ enum Attempt<T> {
     Done(T, Details),
     /// Another writer got in the way; the whole write may be tried again.
     Retry(DbErr),
+    /// The shortcut for a new aggregate found events already there: try again, at once, the ordinary way,
+    /// which reads the last sequence and reports the mismatch. Not counted as a try.
+    NotNew,
     Fail(Error),
 }
 
@@ -134,10 +137,13 @@ impl Store {
         validate(&intent)?;
         let attempts = self.write_attempts();
         let mut attempt = 1;
+        // A write that expects a new aggregate first tries without reading its last sequence (see `write_new`).
+        let mut shortcut = intent.expected_sequence == Some(0);
         loop {
-            match self.try_write(&intent, &mut state, attempt).await {
+            match self.try_write(&intent, &mut state, attempt, shortcut).await {
                 Attempt::Done(value, details) => return Ok((value, details)),
                 Attempt::Fail(err) => return Err(err),
+                Attempt::NotNew => shortcut = false,
                 Attempt::Retry(cause) if attempt >= attempts => {
                     tracing::warn!(
                         aggregate_type = intent.aggregate.aggregate_type,
@@ -163,7 +169,7 @@ impl Store {
         }
     }
 
-    async fn try_write<T, F>(&self, intent: &WriteIntent, state: &mut F, attempt: u32) -> Attempt<T>
+    async fn try_write<T, F>(&self, intent: &WriteIntent, state: &mut F, attempt: u32, shortcut: bool) -> Attempt<T>
     where
         T: Send,
         F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
@@ -173,7 +179,12 @@ impl Store {
             Ok(txn) => txn,
             Err(err) => return on_db_error(err, Step::Begin),
         };
-        match write_in(&txn, self.backend(), intent, state, attempt).await {
+        let written = if shortcut {
+            write_new(&txn, intent, state, attempt).await
+        } else {
+            write_in(&txn, self.backend(), intent, state, attempt).await
+        };
+        match written {
             Ok((value, details)) => match txn.commit().await {
                 Ok(()) => Attempt::Done(value, details),
                 Err(err) => on_db_error(err, Step::Commit),
@@ -294,6 +305,51 @@ where
 
     let details =
         Details { sequence, creation_date, change_date: created_at, resource_owner: intent.resource_owner.clone() };
+    Ok((value, details))
+}
+
+/// One try of a write that expects a new aggregate (expected sequence 0), in two statements fewer than
+/// [`write_in`]: the events go in first, as sequences 1…n, without reading the last sequence or taking the
+/// aggregate lock. The unique key on (aggregate, sequence) is what decides: if the aggregate has events
+/// (or a concurrent writer just created it) the insert fails before `state` ran, and the write is tried
+/// again the ordinary way, which reports the sequence mismatch (or, when the other writer rolled back,
+/// succeeds). Nothing outside the transaction can tell in which order its rows were written.
+async fn write_new<T, F>(
+    txn: &DatabaseTransaction,
+    intent: &WriteIntent,
+    state: &mut F,
+    attempt: u32,
+) -> Result<(T, Details), Attempt<T>>
+where
+    F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
+{
+    let created_at = Utc::now().trunc_subsecs(6);
+    let rows = intent
+        .events
+        .iter()
+        .zip(1..)
+        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(Attempt::Fail)?;
+    if let Err(err) = entity::Entity::insert_many(rows).exec_without_returning(txn).await {
+        return Err(match classify(&err) {
+            DbErrorClass::UniqueViolation => Attempt::NotNew,
+            DbErrorClass::Transient | DbErrorClass::Unavailable | DbErrorClass::Other => on_db_error(err, Step::Append),
+        });
+    }
+    let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
+    let context = WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt };
+    let value = match state(txn, context).await {
+        Ok(value) => value,
+        Err(StateError::Domain(err)) => return Err(Attempt::Fail(err)),
+        Err(StateError::Db(err)) => return Err(on_db_error(err, Step::State)),
+    };
+    let details = Details {
+        sequence,
+        creation_date: created_at,
+        change_date: created_at,
+        resource_owner: intent.resource_owner.clone(),
+    };
     Ok((value, details))
 }
 
