@@ -100,7 +100,21 @@ struct Route {
     method: http::Method,
     /// Literal pieces and variable names, alternating: `[lit, var, lit, …]`.
     template: Vec<Piece>,
-    has_body: bool,
+    body: Body,
+    /// The answer is the message itself (zitadel dialect); other dialects (authentik's enum names,
+    /// explicit nulls, a `response_body` field) are only checked to be JSON, the scenarios never read them.
+    typed_answer: bool,
+}
+
+/// What goes into the HTTP body of a REST call.
+#[derive(Debug, Clone)]
+enum Body {
+    /// Nothing: every field is a path variable (the scenarios put nothing in a query).
+    None,
+    /// The request without its path variables (`body: "*"`).
+    Whole,
+    /// One field of the request, by its JSON name (`body: "flow"`).
+    Field(String),
 }
 
 #[derive(Debug, Clone)]
@@ -262,28 +276,62 @@ impl Client {
                 }
             }
         }
-        let body = if route.has_body {
-            Bytes::from(serde_json::to_vec(&json).map_err(Failure::transport)?)
-        } else {
-            // Every request without a body in the scenarios has only path variables; nothing goes in a query.
-            Bytes::new()
+        let body = match &route.body {
+            Body::None => None,
+            Body::Whole => Some(json),
+            Body::Field(name) => Some(json.get_mut(name).map(serde_json::Value::take).unwrap_or_default()),
         };
         let mut builder = http::Request::builder().method(route.method.clone()).uri(url);
-        if route.has_body {
+        if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
         if let Some(auth) = &self.inner.authorization {
             builder = builder.header(http::header::AUTHORIZATION, auth);
         }
+        let body = match body {
+            Some(value) => Bytes::from(serde_json::to_vec(&value).map_err(Failure::transport)?),
+            None => Bytes::new(),
+        };
         let request = builder.body(Full::new(body)).map_err(Failure::transport)?;
         let (status, _, bytes) = self.send(request).await?;
         if (200..300).contains(&status) {
+            if !route.typed_answer {
+                // 204 answers carry no body at all.
+                if !bytes.is_empty() {
+                    serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .map_err(|e| Failure::status(Code::Internal, e.to_string()))?;
+                }
+                return Ok(Resp::default());
+            }
             return serde_json::from_slice(&bytes).map_err(|e| Failure::status(Code::Internal, e.to_string()));
         }
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let code = body.get("code").and_then(serde_json::Value::as_i64).and_then(|c| i32::try_from(c).ok());
-        let message = body.get("message").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-        Err(Failure::status(code.map_or(Code::Unknown, Code::from_i32), format!("HTTP {status}: {message}")))
+        let message = ["message", "detail"]
+            .iter()
+            .find_map(|key| body.get(*key).and_then(serde_json::Value::as_str))
+            .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned);
+        // Dialects without a gRPC code in the error body (authentik) are classified by the HTTP status.
+        let code = code.map_or_else(|| code_of_http_status(status), Code::from_i32);
+        Err(Failure::status(code, format!("HTTP {status}: {message}")))
+    }
+}
+
+/// The gRPC code an HTTP error status stands for (the inverse of the gRPC→HTTP table, for the usual codes).
+fn code_of_http_status(status: u16) -> Code {
+    match status {
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::AlreadyExists,
+        429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        500 => Code::Internal,
+        _ => Code::Unknown,
     }
 }
 
@@ -333,10 +381,13 @@ fn routes() -> HashMap<String, Route> {
             continue;
         }
         let Ok(method) = http::Method::from_bytes(binding.verb.as_bytes()) else { continue };
-        routes.insert(
-            path,
-            Route { method, template: parse_template(&binding.path), has_body: !binding.body.is_empty() },
-        );
+        let body = match binding.body.as_str() {
+            "" => Body::None,
+            "*" => Body::Whole,
+            field => Body::Field(camel(field)),
+        };
+        let typed_answer = binding.dialect == flowgate_gateway::Dialect::Zitadel && binding.response_body.is_empty();
+        routes.insert(path, Route { method, template: parse_template(&binding.path), body, typed_answer });
     }
     routes
 }

@@ -5,6 +5,7 @@
 mod baseline;
 mod client;
 mod echo;
+mod issuer;
 mod load;
 mod process;
 mod report;
@@ -279,19 +280,28 @@ impl Bench {
             .await
             .map_err(|e| format!("GetInfo: {} {}", e.kind(), e.message))?;
         eprintln!("server {} at {addr}, schema {}", info.version, info.schema_version);
+        let mut scenarios =
+            if self.args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { self.args.scenarios.clone() };
+        scenarios.sort();
+        scenarios.dedup();
         eprintln!("bootstrapping {} users and {} sessions …", self.args.users, 2 * self.args.in_flight);
-        let fixtures = Arc::new(Fixtures::bootstrap(&root, addr, self.args.users, self.args.in_flight).await?);
+        let mut fixtures = Fixtures::bootstrap(&root, addr, self.args.users, self.args.in_flight).await?;
+        if scenarios.contains(&Scenario::StartIdpIntent) {
+            let issuer = issuer::start().await?;
+            eprintln!("OIDC provider for intents at {}", issuer.url);
+            fixtures.add_oidc_provider(&root, &issuer.url).await?;
+        }
+        if scenarios.contains(&Scenario::FlowPatch) {
+            eprintln!("creating {} flows …", self.args.in_flight);
+            fixtures.add_flows(&root, self.args.in_flight).await?;
+        }
+        let fixtures = Arc::new(fixtures);
         if let Some(pid) = self.target.pid {
             memory.rss_after_bootstrap_mb = ProcStats::of(pid).map(|p| mib(p.rss_bytes));
         }
 
         self.measure_baselines(&info).await?;
 
-        let scenarios =
-            if self.args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { self.args.scenarios.clone() };
-        let mut scenarios = scenarios;
-        scenarios.sort();
-        scenarios.dedup();
         let mut last_delete_rps: Option<f64> = None;
         for scenario in scenarios {
             for protocol in self.protocols.clone() {
@@ -308,7 +318,9 @@ impl Bench {
                     | Scenario::GetSession
                     | Scenario::CreateSessionUser
                     | Scenario::CreateSessionPassword
-                    | Scenario::SetSessionMetadata => {
+                    | Scenario::SetSessionMetadata
+                    | Scenario::StartIdpIntent
+                    | Scenario::FlowPatch => {
                         let row = self.scenario(scenario, protocol, &fixtures).await?;
                         self.rows.push(row);
                     }
@@ -388,7 +400,10 @@ impl Bench {
             | Scenario::CreateSessionPassword
             | Scenario::SetSessionMetadata
             | Scenario::DeleteSession
+            | Scenario::StartIdpIntent
             | Scenario::Overload => self.client(protocol, addr, Some(&token)).await?,
+            // Changing flows needs flow.write, which the login client does not have.
+            Scenario::FlowPatch => self.client(protocol, addr, Some(&self.target.token)).await?,
         };
         let pid = self.target.pid;
         let f = Arc::clone(fixtures);
@@ -425,6 +440,18 @@ impl Bench {
             Scenario::DeleteSession => {
                 load::run(&self.drive(in_flight, self.args.rate, pid), move |_, _| {
                     scenario::delete_session(client.clone(), Arc::clone(&f))
+                })
+                .await
+            }
+            Scenario::StartIdpIntent => {
+                load::run(&self.drive(in_flight, self.args.rate, pid), move |_, _| {
+                    scenario::start_idp_intent(client.clone(), Arc::clone(&f))
+                })
+                .await
+            }
+            Scenario::FlowPatch => {
+                load::run(&self.drive(in_flight, self.args.rate, pid), move |slot, seq| {
+                    scenario::flow_patch(client.clone(), Arc::clone(&f), slot, seq)
                 })
                 .await
             }
@@ -540,7 +567,10 @@ async fn start_target(args: &RunArgs, layout: &Layout) -> Result<Target, String>
         .arg("--password-hash-iterations")
         .arg(args.password_hash_iterations.to_string())
         .arg("--password-hash-parallelism")
-        .arg(args.password_hash_parallelism.to_string());
+        .arg(args.password_hash_parallelism.to_string())
+        // Where start-idp-intent sends the browser; the URLs are never visited.
+        .arg("--allowed-redirect-url")
+        .arg(scenario::REDIRECT_PREFIX);
     if let Some(url) = &args.database_url {
         cmd.arg("--database-url").arg(url);
     }

@@ -121,7 +121,9 @@ pub struct Baselines {
 fn baselines_of(name: &str) -> &'static [&'static str] {
     match name {
         "get-info" | "get-session" | "overload/get-session" => &["echo"],
-        "create-session-user" | "set-session-metadata" | "delete-session" => &["commit", "echo"],
+        "create-session-user" | "set-session-metadata" | "delete-session" | "start-idp-intent" | "flow-patch" => {
+            &["commit", "echo"]
+        }
         "create-session-password" | "overload/password" => &["argon2id"],
         _ => &[],
     }

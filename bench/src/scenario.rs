@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use flowgate::pb::flowgate::admin::v2 as admin;
+use flowgate::pb::flowgate::flow::v1 as flow;
+use flowgate::pb::flowgate::idp::v2 as idp;
 use flowgate::pb::flowgate::session::v2 as session;
 use flowgate::pb::flowgate::system::v1 as system;
 use flowgate::pb::flowgate::user::v2 as user;
@@ -16,6 +18,10 @@ pub const GET_SESSION: &str = "/flowgate.session.v2.SessionService/GetSession";
 pub const CREATE_SESSION: &str = "/flowgate.session.v2.SessionService/CreateSession";
 pub const SET_SESSION: &str = "/flowgate.session.v2.SessionService/SetSession";
 pub const DELETE_SESSION: &str = "/flowgate.session.v2.SessionService/DeleteSession";
+pub const START_INTENT: &str = "/flowgate.idp.v2.IntentService/StartIdentityProviderIntent";
+pub const PATCH_FLOW: &str = "/flowgate.flow.v1.FlowService/PatchFlow";
+const CREATE_FLOW: &str = "/flowgate.flow.v1.FlowService/CreateFlow";
+const ADD_OIDC: &str = "/flowgate.idp.v2.IdentityProviderService/AddGenericOIDCProvider";
 const ADD_HUMAN: &str = "/flowgate.user.v2.UserService/AddHumanUser";
 const ADD_MACHINE: &str = "/flowgate.user.v2.UserService/AddMachineUser";
 const ADD_PAT: &str = "/flowgate.user.v2.UserService/AddPersonalAccessToken";
@@ -23,6 +29,10 @@ const CREATE_ADMIN: &str = "/flowgate.admin.v2.AdministratorService/CreateAdmini
 
 /// The password of every benchmark user.
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The redirect allowlist entry a started server gets (`--allowed-redirect-url`); intents send the browser
+/// below it. A server given with `--addr` needs the same entry for `start-idp-intent`.
+pub const REDIRECT_PREFIX: &str = "http://127.0.0.1/flowgate-bench";
 
 /// A scenario of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -39,19 +49,25 @@ pub enum Scenario {
     SetSessionMetadata,
     /// `DeleteSession` of a fresh session (read, one write).
     DeleteSession,
+    /// `StartIdentityProviderIntent` with redirect URLs at an OIDC provider the benchmark serves itself.
+    StartIdpIntent,
+    /// `PatchFlow` changing the title of the slot's own flow (admin token; flow definitions, authentik dialect).
+    FlowPatch,
     /// Password checks offered at twice the hashing capacity while GetSession runs beside them.
     Overload,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::GetInfo,
         Scenario::GetSession,
         Scenario::CreateSessionUser,
         Scenario::CreateSessionPassword,
         Scenario::SetSessionMetadata,
         Scenario::DeleteSession,
+        Scenario::StartIdpIntent,
+        Scenario::FlowPatch,
         Scenario::Overload,
     ];
 
@@ -64,6 +80,8 @@ impl Scenario {
             Scenario::CreateSessionPassword => "create-session-password",
             Scenario::SetSessionMetadata => "set-session-metadata",
             Scenario::DeleteSession => "delete-session",
+            Scenario::StartIdpIntent => "start-idp-intent",
+            Scenario::FlowPatch => "flow-patch",
             Scenario::Overload => "overload",
         }
     }
@@ -81,6 +99,12 @@ pub struct Fixtures {
     pub set_sessions: Vec<String>,
     /// Fresh sessions, filled by the CreateSession scenarios and emptied by DeleteSession.
     pub stock: Mutex<Vec<String>>,
+    /// The OIDC identity provider intents are started at (only when `start-idp-intent` runs).
+    pub idp_id: Option<String>,
+    /// Slugs of the flows, one per slot (only when `flow-patch` runs).
+    pub flow_slugs: Vec<String>,
+    /// Unique per run: names of what bootstrap creates carry it.
+    run: String,
 }
 
 fn failed(what: &str, e: &crate::client::Failure) -> String {
@@ -141,7 +165,53 @@ impl Fixtures {
             read_sessions,
             set_sessions,
             stock: Mutex::new(Vec::new()),
+            idp_id: None,
+            flow_slugs: Vec::new(),
+            run: run.to_owned(),
         })
+    }
+
+    /// Adds an OIDC identity provider whose issuer is `issuer` (through `root`, admin token).
+    pub async fn add_oidc_provider(&mut self, root: &Client, issuer: &str) -> Result<(), String> {
+        let res: idp::AddGenericOidcProviderResponse = root
+            .call(
+                ADD_OIDC,
+                idp::AddGenericOidcProviderRequest {
+                    name: format!("bench-oidc-{}", self.run),
+                    issuer: issuer.to_owned(),
+                    client_id: "flowgate-bench".into(),
+                    client_secret: "bench-secret".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| failed("add OIDC provider", &e))?;
+        self.idp_id = Some(res.id);
+        Ok(())
+    }
+
+    /// Creates `count` authentication flows, one per slot (through `root`, admin token).
+    pub async fn add_flows(&mut self, root: &Client, count: usize) -> Result<(), String> {
+        for i in 0..count.max(1) {
+            let slug = format!("bench-{}-{i}", self.run);
+            let _: flow::CreateFlowResponse = root
+                .call(
+                    CREATE_FLOW,
+                    flow::CreateFlowRequest {
+                        flow: Some(flow::FlowRequest {
+                            name: Some(slug.clone()),
+                            slug: Some(slug.clone()),
+                            title: Some("Welcome".into()),
+                            designation: flow::FlowDesignation::Authentication.into(),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(|e| failed("create flow", &e))?;
+            self.flow_slugs.push(slug);
+        }
+        Ok(())
     }
 
     fn user(&self, seq: u64) -> &str {
@@ -248,4 +318,27 @@ pub async fn delete_session(client: Client, fixtures: Arc<Fixtures>) -> Step {
             )
             .await,
     )
+}
+
+/// StartIdentityProviderIntent at the benchmark's OIDC provider, with URLs below [`REDIRECT_PREFIX`].
+pub async fn start_idp_intent(client: Client, fixtures: Arc<Fixtures>) -> Step {
+    let request = idp::StartIdentityProviderIntentRequest {
+        idp_id: fixtures.idp_id.clone().unwrap_or_default(),
+        content: Some(idp::start_identity_provider_intent_request::Content::Urls(idp::RedirectUrLs {
+            success_url: format!("{REDIRECT_PREFIX}/success"),
+            failure_url: format!("{REDIRECT_PREFIX}/failure"),
+        })),
+    };
+    step(client.call::<_, idp::StartIdentityProviderIntentResponse>(START_INTENT, request).await)
+}
+
+/// PatchFlow of the slot's own flow: a new title (update mask `title`; over REST `{"title": …}`).
+pub async fn flow_patch(client: Client, fixtures: Arc<Fixtures>, slot: usize, seq: u64) -> Step {
+    let slug = fixtures.flow_slugs.get(slot % fixtures.flow_slugs.len().max(1)).cloned().unwrap_or_default();
+    let request = flow::PatchFlowRequest {
+        slug,
+        flow: Some(flow::FlowRequest { title: Some(format!("Welcome {seq}")), ..Default::default() }),
+        update_mask: Some(pbjson_types::FieldMask { paths: vec!["title".to_owned()] }),
+    };
+    step(client.call::<_, flow::PatchFlowResponse>(PATCH_FLOW, request).await)
 }
