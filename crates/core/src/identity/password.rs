@@ -119,24 +119,64 @@ impl HashingConfig {
     }
 }
 
-/// A bounded pool for CPU-heavy jobs: at most `workers` run (each on `spawn_blocking`), at most `queue`
-/// wait; anything beyond is refused with ResourceExhausted [`PASSWORD_BUSY`] without waiting.
-#[derive(Debug, Clone)]
+/// A bounded pool for CPU-heavy jobs: at most `workers` run, each on one of `workers` dedicated threads,
+/// at most `queue` wait; anything beyond is refused with ResourceExhausted [`PASSWORD_BUSY`] without
+/// waiting.
+///
+/// Dedicated threads, not `spawn_blocking`: each hashing thread keeps argon2's working memory (m KiB) for
+/// reuse, so memory is exactly `workers × m` — on the runtime's blocking pool every thread that ever ran
+/// a hash would keep its own copy, and under overload that pool grows to dozens of threads.
+#[derive(Clone)]
 pub struct HashPool {
     running: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
     workers: usize,
     queue: usize,
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+}
+
+/// A unit of work for a hashing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for HashPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashPool").field("workers", &self.workers).field("queue", &self.queue).finish_non_exhaustive()
+    }
 }
 
 impl HashPool {
-    /// A pool with exactly `workers` (at least 1) running and `queue` waiting slots (0 = no waiting).
-    pub fn new(workers: usize, queue: usize) -> Self {
+    /// A pool with exactly `workers` (at least 1) threads and `queue` waiting slots (0 = no waiting).
+    /// The threads end when the last clone of the pool is dropped. Fails only if a thread cannot start.
+    pub fn new(workers: usize, queue: usize) -> Result<Self> {
         let workers = workers.max(1);
-        Self { running: Arc::new(Semaphore::new(workers)), waiting: Arc::new(Semaphore::new(queue)), workers, queue }
+        let (jobs, receiver) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        // One receiver shared by all workers: whoever holds the lock takes the next job.
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for i in 0..workers {
+            let receiver = Arc::clone(&receiver);
+            std::thread::Builder::new()
+                .name(format!("flowgate-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = receiver.blocking_lock().blocking_recv();
+                        let Some(job) = job else { break };
+                        // A panicking job must not take the worker with it; its caller sees the dropped
+                        // answer channel as an internal error.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| Error::internal("PASSWORD-pool", e))?;
+        }
+        Ok(Self {
+            running: Arc::new(Semaphore::new(workers)),
+            waiting: Arc::new(Semaphore::new(queue)),
+            workers,
+            queue,
+            jobs,
+        })
     }
 
-    /// Runs `job` on a blocking thread once a worker is free; refuses at once when the queue is full.
+    /// Runs `job` on a hashing thread once a worker is free; refuses at once when the queue is full.
     ///
     /// Admission is decided synchronously, before the returned future is first polled, so overload is
     /// answered immediately and in call order.
@@ -147,6 +187,7 @@ impl HashPool {
     {
         let admission = self.admit();
         let running = Arc::clone(&self.running);
+        let jobs = self.jobs.clone();
         async move {
             let permit = match admission? {
                 Admission::Running(permit) => permit,
@@ -157,13 +198,16 @@ impl HashPool {
                     permit
                 }
             };
-            let result = tokio::task::spawn_blocking(move || {
+            let (answer, result) = tokio::sync::oneshot::channel();
+            let work: Job = Box::new(move || {
                 let value = job();
                 drop(permit);
-                value
-            })
-            .await;
-            result.map_err(|e| Error::internal("PASSWORD-worker", e))
+                let _ = answer.send(value);
+            });
+            // The send error carries the job back, which is not Sync: report the closed pool without it.
+            jobs.send(work)
+                .map_err(|_| Error::internal("PASSWORD-pool", std::io::Error::other("hashing threads stopped")))?;
+            result.await.map_err(|e| Error::internal("PASSWORD-worker", e))
         }
     }
 
@@ -263,7 +307,7 @@ impl PasswordHasher {
     pub fn new(config: &HashingConfig) -> Result<Self> {
         let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
             .map_err(|e| Error::invalid_field("PASSWORD-config", "hashing", e.to_string()))?;
-        let pool = HashPool::new(config.effective_workers(), config.effective_queue());
+        let pool = HashPool::new(config.effective_workers(), config.effective_queue())?;
         Ok(Self { params, pool, dummy_hash: Arc::new(OnceCell::new()) })
     }
 

@@ -844,7 +844,7 @@ async fn argon2_with_other_parameters_needs_rehash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_at_once() {
-    let pool = HashPool::new(1, 1);
+    let pool = HashPool::new(1, 1).unwrap();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let running = tokio::spawn(pool.run(move || {
