@@ -166,6 +166,23 @@ fn federation(
     Ok((identity, sessions, idps))
 }
 
+/// Deletes long-expired IdP intents every ten minutes, so the table holds only recent logins. Every
+/// replica may run it: the delete is idempotent.
+fn spawn_intent_purge(idps: Idps) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match idps.purge_expired_intents().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired IdP intents deleted"),
+                Err(err) => tracing::warn!(error = %err, "purging expired IdP intents failed; retrying later"),
+            }
+        }
+    });
+}
+
 /// Creates the instance on first start and hands the admin token to the operator through a file only
 /// the owner can read; the token itself is never logged.
 async fn bootstrap(identity: &Identity, data_dir: &Path) -> Result<(), ServeError> {
@@ -274,6 +291,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (identity, sessions, idps) = federation(&config, &store, identity, sessions, addr)?;
+    spawn_intent_purge(idps.clone());
     let flows = Flows::new(
         FlowsConfig {
             plan_cache_ttl: config.flows.plan_cache_ttl,

@@ -161,6 +161,9 @@ pub trait IntentRepo: Send + Sync {
     /// payload) in the same transaction. Answers whether it changed the row, so of two concurrent calls
     /// exactly one gets `true`.
     async fn consume(&self, id: &IntentId, actor: &str) -> Result<bool>;
+    /// Deletes every intent whose `expires_at` is before `before`, whatever its state (housekeeping: no
+    /// events; the intent's events stay in the log). Answers how many were deleted.
+    async fn purge_expired(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// Links between users and accounts at IdPs (table `user_idp_links`). Deleting a user (users repo) or an

@@ -824,6 +824,14 @@ impl Idps {
         Ok((auth_url, details))
     }
 
+    /// Deletes intents that expired more than an hour ago (started ones that never came back, succeeded
+    /// ones never used, failed and consumed ones); the hour keeps a late callback's answer "failed" rather
+    /// than "unknown state". Answers how many were deleted.
+    pub async fn purge_expired_intents(&self) -> Result<u64> {
+        let before = self.now() - TimeDelta::hours(1);
+        self.repos().intents.purge_expired(before).await
+    }
+
     /// Handles the IdP's redirect to `/idps/callback`. Missing or unknown `state` ⇒ BadRequest (never a
     /// redirect); every other failure marks the intent failed and redirects to its failure URL; success
     /// redirects to `success_url?id=&token=[&user=]`. `Err` only for faults of this server (database).

@@ -351,6 +351,12 @@ impl IntentRepo for Fake {
         db.log(format!("idp_intent/{id}"), "idp.intent.consumed");
         Ok(true)
     }
+    async fn purge_expired(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut db = self.db.lock().await;
+        let count = db.intents.len();
+        db.intents.retain(|_, i| i.expires_at >= before);
+        Ok((count - db.intents.len()) as u64)
+    }
 }
 
 #[async_trait]
@@ -966,6 +972,16 @@ async fn every_callback_failure_marks_the_intent_failed_and_redirects() {
     let (_, query) = redirected(&w.callback(&state, "ext-alice").await);
     assert_eq!(query["error"], "intent_expired");
     assert_eq!(w.intent(&state).await.state, IntentState::Failed);
+    // Intents are purged an hour after they expire, not before.
+    let fresh = w.start(&idp).await;
+    w.clock.advance(TimeDelta::minutes(61));
+    // Everything started before `fresh` expired over an hour ago; `fresh` expired 51 minutes ago.
+    assert!(w.idps.purge_expired_intents().await.unwrap() >= 1);
+    assert!(!w.fake.db.lock().await.intents.contains_key(&IntentId::from(state.as_str())), "purged");
+    assert_eq!(w.intent(&fresh).await.state, IntentState::Started, "kept until an hour past its expiry");
+    w.clock.advance(TimeDelta::minutes(10));
+    assert_eq!(w.idps.purge_expired_intents().await.unwrap(), 1);
+    assert!(matches!(w.callback(&fresh, "ext-alice").await, CallbackOutcome::BadRequest(_)), "unknown now");
 
     // The IdP was deactivated since the start.
     let state = w.start(&idp).await;

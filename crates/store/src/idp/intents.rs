@@ -173,6 +173,15 @@ impl IntentRepo for IdpRepositories {
         Ok(Details { creation_date: created_at, ..details })
     }
 
+    async fn purge_expired(&self, before: DateTime<Utc>) -> Result<u64> {
+        let deleted = idp_intents::Entity::delete_many()
+            .filter(idp_intents::Column::ExpiresAt.lt(micros(before)))
+            .exec(self.store.writer())
+            .await
+            .map_err(db_error)?;
+        Ok(deleted.rows_affected)
+    }
+
     async fn get(&self, id: &IntentId) -> Result<Option<Intent>> {
         let row = idp_intents::Entity::find_by_id(id.as_str()).one(self.store.reader()).await.map_err(db_error)?;
         row.map(intent_from_row).transpose()

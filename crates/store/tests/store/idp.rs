@@ -34,6 +34,7 @@ scenarios!(
     parallel_links_of_one_account_succeed_once,
     users_are_created_with_their_links_in_one_write,
     removing_a_user_or_its_org_removes_its_links,
+    expired_intents_are_purged,
 );
 
 const ACTOR: &str = "tester";
@@ -657,4 +658,30 @@ async fn removing_a_user_or_its_org_removes_its_links(store: &Store) {
     let page = repos.links.list(&UserId::from("carol"), &q(0, 10, true)).await.expect("list");
     assert_eq!(page.items, vec![link("p", "carol", "c")]);
     assert!(repos.links.find(&IdpId::from("p"), "a").await.expect("find").is_some());
+}
+
+async fn expired_intents_are_purged(store: &Store) {
+    let repos = idp::repos(store);
+    add_idp(&repos, "p", "Purge", oidc("https://purge.example", None)).await;
+    let t = now();
+    // Started two hours ago with a ten-minute lifetime: long expired. Started now: still running.
+    repos
+        .intents
+        .create(&started("old-1", "p", t - Duration::hours(2), Duration::minutes(10)), ACTOR)
+        .await
+        .expect("old");
+    repos
+        .intents
+        .create(&started("old-2", "p", t - Duration::hours(3), Duration::minutes(10)), ACTOR)
+        .await
+        .expect("old");
+    repos.intents.create(&started("fresh", "p", t, Duration::minutes(10)), ACTOR).await.expect("fresh");
+
+    assert_eq!(repos.intents.purge_expired(t - Duration::hours(1)).await.expect("purge"), 2);
+    assert_eq!(repos.intents.get(&IntentId::from("old-1")).await.expect("get"), None);
+    assert_eq!(repos.intents.get(&IntentId::from("old-2")).await.expect("get"), None);
+    assert!(repos.intents.get(&IntentId::from("fresh")).await.expect("get").is_some());
+    // Nothing left to purge; the purged intents' events stay in the log.
+    assert_eq!(repos.intents.purge_expired(t - Duration::hours(1)).await.expect("purge"), 0);
+    assert_eq!(event_types(store, "idp_intent", "old-1").await, ["idp.intent.started"]);
 }
