@@ -2,6 +2,7 @@
 //! request; the client speaks native gRPC, gRPC-web or REST/JSON (finding the REST route in the same
 //! binding table the server uses).
 
+use flowgate_gateway::enum_short_name;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Code;
@@ -288,17 +289,11 @@ fn short_enums(desc: &prost_reflect::MessageDescriptor, value: serde_json::Value
         };
         let one = |v: Value| -> Value {
             match (field.kind(), v) {
-                (Kind::Enum(e), Value::String(name)) => {
-                    let prefix = format!("{}_", screaming_snake(e.name()));
-                    Value::String(name.strip_prefix(&prefix).unwrap_or(&name).to_ascii_lowercase())
-                }
+                (Kind::Enum(e), Value::String(name)) => Value::String(enum_short_name(e.name(), &name)),
                 (Kind::Enum(e), Value::Number(n)) => {
                     let number = n.as_i64().and_then(|n| i32::try_from(n).ok()).unwrap_or(-1);
-                    let prefix = format!("{}_", screaming_snake(e.name()));
                     match e.get_value(number) {
-                        Some(v) => {
-                            Value::String(v.name().strip_prefix(&prefix).unwrap_or(v.name()).to_ascii_lowercase())
-                        }
+                        Some(v) => Value::String(enum_short_name(e.name(), v.name())),
                         None => Value::Number(n),
                     }
                 }
@@ -364,9 +359,10 @@ fn normalise_fields(
             match field.kind() {
                 Kind::Enum(e) => match &v {
                     Value::String(short) => {
-                        let prefix = format!("{}_", screaming_snake(e.name()));
-                        let name = format!("{prefix}{}", short.to_ascii_uppercase());
-                        if e.get_value_by_name(&name).is_some() { Value::String(name) } else { v }
+                        match e.values().find(|value| enum_short_name(e.name(), value.name()) == *short) {
+                            Some(value) => Value::String(value.name().to_owned()),
+                            None => v,
+                        }
                     }
                     _ => v,
                 },
@@ -382,21 +378,4 @@ fn normalise_fields(
         out.insert(key, v);
     }
     Value::Object(out)
-}
-
-/// `FlowDesignation` → `FLOW_DESIGNATION`, as the gateway derives enum prefixes.
-fn screaming_snake(name: &str) -> String {
-    let chars: Vec<char> = name.chars().collect();
-    let mut out = String::new();
-    for (i, c) in chars.iter().enumerate() {
-        if i > 0 && c.is_ascii_uppercase() {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
-            if prev.is_ascii_lowercase() || prev.is_ascii_digit() || (prev.is_ascii_uppercase() && next_lower) {
-                out.push('_');
-            }
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
 }

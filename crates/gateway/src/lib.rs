@@ -30,6 +30,7 @@ pub use annotations::{Dialect, HttpBinding, OptionNames, http_bindings, to_rust_
 pub use error::http_status_for;
 pub use handler::{BoxFuture, Handler, Reply, unary};
 pub use ipnet::IpNet;
+pub use plan::enum_short_name;
 
 use error::{ErrorInput, decode_details, error_body, status_with_violations};
 use plan::{Card, Plans, Ty, Wkt};

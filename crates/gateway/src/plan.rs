@@ -188,7 +188,6 @@ impl Plans {
                 if let Some(i) = self.enum_index.get(e.full_name()) {
                     return Ty::Enum(*i);
                 }
-                let prefix = format!("{}_", screaming_snake(e.name()));
                 let mut plan = EnumPlan {
                     by_name: HashMap::new(),
                     by_short: HashMap::new(),
@@ -196,7 +195,7 @@ impl Plans {
                     short_of: HashMap::new(),
                 };
                 for v in e.values() {
-                    let short = v.name().strip_prefix(&prefix).unwrap_or(v.name()).to_ascii_lowercase();
+                    let short = enum_short_name(e.name(), v.name());
                     plan.by_name.insert(v.name().to_string(), v.number());
                     plan.name_of.entry(v.number()).or_insert_with(|| v.name().to_string());
                     let unspecified = v.number() == 0 && (short == "unspecified" || v.name().ends_with("_UNSPECIFIED"));
@@ -308,6 +307,13 @@ pub(crate) fn camel_to_snake(name: &str) -> String {
 }
 
 /// `FlowDesignation` → `FLOW_DESIGNATION`, `HTTPMethod` → `HTTP_METHOD`.
+/// The authentik spelling of an enum value: its name without the enum's `SCREAMING_SNAKE_` prefix, lower
+/// case (`FlowDesignation`, `FLOW_DESIGNATION_STAGE_CONFIGURATION` → `stage_configuration`).
+pub fn enum_short_name(enum_name: &str, value_name: &str) -> String {
+    let prefix = format!("{}_", screaming_snake(enum_name));
+    value_name.strip_prefix(&prefix).unwrap_or(value_name).to_ascii_lowercase()
+}
+
 pub(crate) fn screaming_snake(name: &str) -> String {
     let chars: Vec<char> = name.chars().collect();
     let mut out = String::with_capacity(name.len() + 4);
