@@ -512,3 +512,20 @@ async fn sqlite_connections_use_wal_normal_and_foreign_keys() {
     }
     db.finish().await;
 }
+
+/// `.cargo/config.toml` builds the bundled SQLite with `SQLITE_ENABLE_QPSG`; without it every statement
+/// with a bound `LIMIT` (each `.one()`) is prepared again on every execution. A build that lost the flag
+/// still works, only slower, so nothing else would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_is_built_with_stable_query_plans() {
+    let db = crate::common::TestDb::sqlite(config).await;
+    let options = db
+        .store
+        .reader()
+        .query_all_raw(Statement::from_string(DbBackend::Sqlite, "PRAGMA compile_options"))
+        .await
+        .expect("compile options");
+    let options: Vec<String> = options.iter().map(|row| row.try_get_by_index::<String>(0).expect("text")).collect();
+    assert!(options.iter().any(|o| o == "ENABLE_QPSG"), "SQLite compile options: {options:?}");
+    db.finish().await;
+}
