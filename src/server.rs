@@ -18,11 +18,11 @@ use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
 use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
 use flowgate_core::identity::{Identity, IdentityConfig};
 use flowgate_core::idp::{IdpConfig, IdpLinkChecker, Idps, RedirectAllowlist, SecretBox};
-use flowgate_core::session::{LockoutPolicy, SessionConfig, Sessions};
+use flowgate_core::session::{CachedSessionRepo, DEFAULT_SESSION_TTL, LockoutPolicy, SessionConfig, Sessions};
 use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
 use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
 use flowgate_idp::{ConnectorConfig, Connectors, JwtSettings, JwtVerifier};
-use flowgate_store::{Store, StoreConfig};
+use flowgate_store::{Backend, Store, StoreConfig};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -114,9 +114,14 @@ fn sessions(config: &Config, store: &Store, identity: Identity) -> Result<(Ident
         lockout: LockoutPolicy { max_password_attempts, max_otp_attempts },
         ..SessionConfig::default()
     };
+    let mut repos = flowgate_store::session::repos(store);
+    // Only where this process is the sole writer of sessions; replicas on PostgreSQL read them fresh.
+    if store.backend() == Backend::Sqlite {
+        repos.sessions = Arc::new(CachedSessionRepo::new(repos.sessions, DEFAULT_SESSION_TTL));
+    }
     let sessions = Sessions::new(
         session_config,
-        flowgate_store::session::repos(store),
+        repos,
         identity.clone(),
         Arc::new(notifier),
         Arc::new(SystemClock),

@@ -1,11 +1,13 @@
 //! Sessions: login checks, factors, challenges, session tokens, lockout and TOTP registration.
 
+pub mod cache;
 pub mod model;
 pub mod ports;
 mod service;
 pub mod token;
 pub mod totp;
 
+pub use cache::{CachedSessionRepo, DEFAULT_SESSION_TTL};
 pub use model::*;
 pub use ports::{
     FailureOutcome, IntentVerifier, LockoutRepo, NewOtpChallenge, NewSessionRecord, OTP_SENDER_MISSING,

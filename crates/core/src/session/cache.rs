@@ -1,0 +1,411 @@
+//! [`CachedSessionRepo`]: a [`SessionRepo`] that remembers sessions read by id, for one server process.
+//!
+//! Reading a session by id is the whole cost of GetSession besides authentication, and relying parties
+//! ask it on every request they serve. The cache holds what [`SessionRepo::get`] answered; every write
+//! through it (apply, terminate, terminate all of a user) forgets the session(s) it touched after the write,
+//! whatever its outcome. A read that raced such a write cannot put its stale result back: every write bumps
+//! a generation first, and a result is stored only when the generation is still the one seen before the
+//! read started. Sessions expire by time, which the core checks on every answer, so a cached session expires
+//! exactly like a stored one.
+//!
+//! Writes made by another process are not seen: use the cache only where this process is the only writer of
+//! sessions — the server wires it for SQLite (one process by design; the CLI writes no sessions) and not for
+//! PostgreSQL, where replicas share the database. As a bound on the damage of a second process on the same
+//! SQLite file anyway, entries are trusted for [`DEFAULT_SESSION_TTL`] only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::model::{Session, SessionFilter, SessionId};
+use super::ports::{NewSessionRecord, SessionRepo, SessionUpdate, StoredSession};
+use crate::Result;
+use crate::event::Details;
+use crate::identity::{ListQuery, Page, UserId};
+
+/// How long an entry is trusted (see the module documentation).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(5);
+
+/// Most sessions kept (a session is well under a kilobyte); beyond it stale entries go, then all.
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Debug)]
+struct Entry {
+    stored: StoredSession,
+    cached_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bumped before every write is forwarded; see the module documentation.
+    generation: u64,
+    entries: HashMap<SessionId, Entry>,
+}
+
+/// A [`SessionRepo`] in front of another that answers [`SessionRepo::get`] from memory when it can.
+pub struct CachedSessionRepo {
+    inner: Arc<dyn SessionRepo>,
+    ttl: Duration,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for CachedSessionRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedSessionRepo").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl CachedSessionRepo {
+    /// Caches `inner`'s sessions for `ttl` (zero: nothing is cached).
+    pub fn new(inner: Arc<dyn SessionRepo>, ttl: Duration) -> Self {
+        Self { inner, ttl, state: RwLock::new(State::default()) }
+    }
+
+    // The lock is never held across an await and nothing under it panics, so a poisoned lock still holds
+    // consistent data.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fresh(&self, entry: &Entry, now: Instant) -> bool {
+        now.duration_since(entry.cached_at) < self.ttl
+    }
+
+    /// Bumps the generation so that reads in flight store nothing, and forgets what `matches`.
+    fn forget(&self, matches: impl Fn(&SessionId, &StoredSession) -> bool) {
+        let mut state = self.write();
+        state.generation = state.generation.wrapping_add(1);
+        state.entries.retain(|id, entry| !matches(id, &entry.stored));
+    }
+
+    /// Runs a write of `id` with the cache forgetting it before and after.
+    async fn writing<T>(&self, id: &SessionId, write: impl Future<Output = Result<T>>) -> Result<T> {
+        // Before: a read that starts now and finishes after the write must not store the old state.
+        // After: a read that finished before the write stored the old state, which must go.
+        self.forget(|cached, _| cached == id);
+        let result = write.await;
+        self.forget(|cached, _| cached == id);
+        result
+    }
+
+    /// Number of entries held, fresh or not (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.read().entries.len()
+    }
+}
+
+#[async_trait]
+impl SessionRepo for CachedSessionRepo {
+    async fn create(&self, record: &NewSessionRecord, actor: &str) -> Result<Session> {
+        // A new id: nothing cached to forget, and the session is only read back if someone asks for it.
+        self.inner.create(record, actor).await
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<StoredSession>> {
+        if self.ttl.is_zero() {
+            return self.inner.get(id).await;
+        }
+        let generation = {
+            let state = self.read();
+            if let Some(entry) = state.entries.get(id)
+                && self.fresh(entry, Instant::now())
+            {
+                return Ok(Some(entry.stored.clone()));
+            }
+            state.generation
+        };
+        let found = self.inner.get(id).await?;
+        if let Some(stored) = &found {
+            let now = Instant::now();
+            let mut state = self.write();
+            if state.generation == generation {
+                if state.entries.len() >= MAX_ENTRIES && !state.entries.contains_key(id) {
+                    state.entries.retain(|_, entry| now.duration_since(entry.cached_at) < self.ttl);
+                    if state.entries.len() >= MAX_ENTRIES {
+                        state.entries.clear();
+                    }
+                }
+                state.entries.insert(id.clone(), Entry { stored: stored.clone(), cached_at: now });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn get_by_token_hash(&self, token_hash: &str) -> Result<Option<Session>> {
+        self.inner.get_by_token_hash(token_hash).await
+    }
+
+    async fn apply(
+        &self,
+        id: &SessionId,
+        expected_sequence: u64,
+        update: &SessionUpdate,
+        actor: &str,
+    ) -> Result<Session> {
+        self.writing(id, self.inner.apply(id, expected_sequence, update, actor)).await
+    }
+
+    async fn list(&self, filters: &[SessionFilter], q: &ListQuery) -> Result<Page<Session>> {
+        self.inner.list(filters, q).await
+    }
+
+    async fn terminate(&self, id: &SessionId, actor: &str) -> Result<Details> {
+        self.writing(id, self.inner.terminate(id, actor)).await
+    }
+
+    async fn terminate_all_of_user(&self, user: &UserId, actor: &str) -> Result<u64> {
+        let of_user = |_: &SessionId, stored: &StoredSession| {
+            stored.session.factors.user.as_ref().is_some_and(|factor| factor.id == *user)
+        };
+        self.forget(of_user);
+        let result = self.inner.terminate_all_of_user(user, actor).await;
+        self.forget(of_user);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chrono::{DateTime, Utc};
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::session::model::{Factors, UserFactor};
+    use crate::session::ports::SessionState;
+    use crate::{Error, ErrorKind};
+
+    fn details(sequence: u64) -> Details {
+        Details {
+            sequence,
+            creation_date: DateTime::<Utc>::UNIX_EPOCH,
+            change_date: DateTime::<Utc>::UNIX_EPOCH,
+            resource_owner: "instance".into(),
+        }
+    }
+
+    fn stored(id: &str, user: Option<&str>, sequence: u64) -> StoredSession {
+        let factors = Factors {
+            user: user.map(|u| UserFactor {
+                verified_at: DateTime::<Utc>::UNIX_EPOCH,
+                id: UserId::from(u),
+                login_name: u.into(),
+                display_name: u.into(),
+                organization_id: "org".into(),
+            }),
+            ..Factors::default()
+        };
+        StoredSession {
+            session: Session {
+                id: SessionId::from(id),
+                creator: "creator".into(),
+                user_agent: None,
+                factors,
+                metadata: Default::default(),
+                expiration: None,
+                terminated: false,
+                details: details(sequence),
+            },
+            token_hash: format!("hash-{sequence}"),
+        }
+    }
+
+    /// Sessions in a map; counts reads and can hold one read until released.
+    #[derive(Default)]
+    struct Fake {
+        rows: Mutex<HashMap<SessionId, StoredSession>>,
+        reads: AtomicUsize,
+        /// When set, the next read takes its snapshot, then waits for `release`.
+        hold: Mutex<Option<Arc<(Notify, Notify)>>>,
+    }
+
+    impl Fake {
+        fn put(&self, row: StoredSession) {
+            self.rows.lock().unwrap().insert(row.session.id.clone(), row);
+        }
+
+        fn change(&self, id: &str, f: impl FnOnce(&mut StoredSession)) {
+            f(self.rows.lock().unwrap().get_mut(&SessionId::from(id)).expect("row"));
+        }
+    }
+
+    #[async_trait]
+    impl SessionRepo for Fake {
+        async fn create(&self, record: &NewSessionRecord, _: &str) -> Result<Session> {
+            let mut row = stored(record.id.as_str(), None, 1);
+            row.token_hash = record.token_hash.clone();
+            self.put(row.clone());
+            Ok(row.session)
+        }
+
+        async fn get(&self, id: &SessionId) -> Result<Option<StoredSession>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let snapshot = self.rows.lock().unwrap().get(id).cloned();
+            let hold = self.hold.lock().unwrap().take();
+            if let Some(hold) = hold {
+                hold.0.notify_one();
+                hold.1.notified().await;
+            }
+            Ok(snapshot)
+        }
+
+        async fn get_by_token_hash(&self, hash: &str) -> Result<Option<Session>> {
+            let rows = self.rows.lock().unwrap();
+            Ok(rows.values().find(|row| row.token_hash == hash).map(|row| row.session.clone()))
+        }
+
+        async fn apply(&self, id: &SessionId, expected: u64, update: &SessionUpdate, _: &str) -> Result<Session> {
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.get_mut(id).ok_or_else(|| Error::new(ErrorKind::NotFound, "X", "missing"))?;
+            if row.session.details.sequence != expected {
+                return Err(Error::new(ErrorKind::Aborted, "X", "sequence"));
+            }
+            row.session.metadata = update.state.metadata.clone();
+            row.session.details.sequence += 1;
+            row.token_hash = update.token_hash.clone();
+            Ok(row.session.clone())
+        }
+
+        async fn list(&self, _: &[SessionFilter], _: &ListQuery) -> Result<Page<Session>> {
+            let items: Vec<Session> = self.rows.lock().unwrap().values().map(|row| row.session.clone()).collect();
+            Ok(Page { total: items.len() as u64, items })
+        }
+
+        async fn terminate(&self, id: &SessionId, _: &str) -> Result<Details> {
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.get_mut(id).ok_or_else(|| Error::new(ErrorKind::NotFound, "X", "missing"))?;
+            row.session.terminated = true;
+            Ok(row.session.details.clone())
+        }
+
+        async fn terminate_all_of_user(&self, user: &UserId, _: &str) -> Result<u64> {
+            let mut count = 0;
+            for row in self.rows.lock().unwrap().values_mut() {
+                if row.session.user_id() == Some(user) && !row.session.terminated {
+                    row.session.terminated = true;
+                    count += 1;
+                }
+            }
+            Ok(count)
+        }
+    }
+
+    fn cached(fake: &Arc<Fake>, ttl: Duration) -> CachedSessionRepo {
+        CachedSessionRepo::new(fake.clone(), ttl)
+    }
+
+    fn update(token: &str) -> SessionUpdate {
+        SessionUpdate {
+            state: SessionState {
+                metadata: [("k".to_owned(), b"v".to_vec())].into_iter().collect(),
+                ..SessionState::default()
+            },
+            token_hash: token.into(),
+            challenges: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn repeated_reads_are_answered_from_memory_and_misses_are_not_cached() {
+        let fake = Arc::new(Fake::default());
+        fake.put(stored("s1", None, 1));
+        let cache = cached(&fake, Duration::from_secs(60));
+        let id = SessionId::from("s1");
+        for _ in 0..3 {
+            assert_eq!(cache.get(&id).await.unwrap(), Some(stored("s1", None, 1)));
+        }
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 1);
+        let unknown = SessionId::from("nope");
+        assert_eq!(cache.get(&unknown).await.unwrap(), None);
+        assert_eq!(cache.get(&unknown).await.unwrap(), None);
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 3, "an unknown id is asked every time");
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_write_forgets_the_session_it_touched() {
+        let fake = Arc::new(Fake::default());
+        fake.put(stored("s1", Some("u1"), 1));
+        fake.put(stored("s2", Some("u1"), 1));
+        fake.put(stored("s3", Some("u2"), 1));
+        let cache = cached(&fake, Duration::from_secs(60));
+        let (s1, s2, s3) = (SessionId::from("s1"), SessionId::from("s2"), SessionId::from("s3"));
+        for id in [&s1, &s2, &s3] {
+            cache.get(id).await.unwrap();
+        }
+
+        cache.apply(&s1, 1, &update("new"), "a").await.unwrap();
+        let after = cache.get(&s1).await.unwrap().unwrap();
+        assert_eq!((after.session.details.sequence, after.token_hash.as_str()), (2, "new"));
+
+        // A failed write forgets too: the cache cannot know how far it got.
+        assert!(cache.apply(&s1, 1, &update("stale"), "a").await.is_err());
+        assert_eq!(cache.len(), 2);
+
+        cache.get(&s1).await.unwrap();
+        cache.terminate(&s1, "a").await.unwrap();
+        assert!(cache.get(&s1).await.unwrap().unwrap().session.terminated);
+
+        // Ending every session of u1 forgets u1's sessions and keeps u2's.
+        cache.get(&s2).await.unwrap();
+        let reads = fake.reads.load(Ordering::SeqCst);
+        assert_eq!(cache.terminate_all_of_user(&UserId::from("u1"), "a").await.unwrap(), 1);
+        assert!(cache.get(&s2).await.unwrap().unwrap().session.terminated);
+        cache.get(&s3).await.unwrap();
+        assert_eq!(fake.reads.load(Ordering::SeqCst), reads + 1, "only s2 was read again");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_a_write_does_not_store_the_old_state() {
+        let fake = Arc::new(Fake::default());
+        fake.put(stored("s1", None, 1));
+        let cache = Arc::new(cached(&fake, Duration::from_secs(60)));
+        let hold = Arc::new((Notify::new(), Notify::new()));
+        *fake.hold.lock().unwrap() = Some(hold.clone());
+
+        // The read takes its snapshot (sequence 1), then waits while the session is terminated.
+        let reader = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get(&SessionId::from("s1")).await }
+        });
+        hold.0.notified().await;
+        cache.terminate(&SessionId::from("s1"), "a").await.unwrap();
+        hold.1.notify_one();
+        let raced = reader.await.unwrap().unwrap().unwrap();
+        assert!(!raced.session.terminated, "the racing read answers what it saw");
+
+        assert!(cache.get(&SessionId::from("s1")).await.unwrap().unwrap().session.terminated);
+    }
+
+    #[tokio::test]
+    async fn entries_age_out_and_a_zero_ttl_caches_nothing() {
+        let fake = Arc::new(Fake::default());
+        fake.put(stored("s1", None, 1));
+        let id = SessionId::from("s1");
+
+        let short = cached(&fake, Duration::from_millis(30));
+        short.get(&id).await.unwrap();
+        // Another process changes the row behind the cache's back.
+        fake.change("s1", |row| row.session.terminated = true);
+        assert!(!short.get(&id).await.unwrap().unwrap().session.terminated);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(short.get(&id).await.unwrap().unwrap().session.terminated);
+
+        let off = cached(&fake, Duration::ZERO);
+        let before = fake.reads.load(Ordering::SeqCst);
+        off.get(&id).await.unwrap();
+        off.get(&id).await.unwrap();
+        assert_eq!(fake.reads.load(Ordering::SeqCst), before + 2);
+        assert_eq!(off.len(), 0);
+    }
+}
