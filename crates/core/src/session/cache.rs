@@ -173,7 +173,6 @@ impl SessionRepo for CachedSessionRepo {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use chrono::{DateTime, Utc};
@@ -222,19 +221,19 @@ mod tests {
     /// Sessions in a map; counts reads and can hold one read until released.
     #[derive(Default)]
     struct Fake {
-        rows: Mutex<HashMap<SessionId, StoredSession>>,
+        rows: RwLock<HashMap<SessionId, StoredSession>>,
         reads: AtomicUsize,
         /// When set, the next read takes its snapshot, then waits for `release`.
-        hold: Mutex<Option<Arc<(Notify, Notify)>>>,
+        hold: RwLock<Option<Arc<(Notify, Notify)>>>,
     }
 
     impl Fake {
         fn put(&self, row: StoredSession) {
-            self.rows.lock().unwrap().insert(row.session.id.clone(), row);
+            self.rows.write().unwrap().insert(row.session.id.clone(), row);
         }
 
         fn change(&self, id: &str, f: impl FnOnce(&mut StoredSession)) {
-            f(self.rows.lock().unwrap().get_mut(&SessionId::from(id)).expect("row"));
+            f(self.rows.write().unwrap().get_mut(&SessionId::from(id)).expect("row"));
         }
     }
 
@@ -249,8 +248,8 @@ mod tests {
 
         async fn get(&self, id: &SessionId) -> Result<Option<StoredSession>> {
             self.reads.fetch_add(1, Ordering::SeqCst);
-            let snapshot = self.rows.lock().unwrap().get(id).cloned();
-            let hold = self.hold.lock().unwrap().take();
+            let snapshot = self.rows.write().unwrap().get(id).cloned();
+            let hold = self.hold.write().unwrap().take();
             if let Some(hold) = hold {
                 hold.0.notify_one();
                 hold.1.notified().await;
@@ -259,12 +258,12 @@ mod tests {
         }
 
         async fn get_by_token_hash(&self, hash: &str) -> Result<Option<Session>> {
-            let rows = self.rows.lock().unwrap();
+            let rows = self.rows.write().unwrap();
             Ok(rows.values().find(|row| row.token_hash == hash).map(|row| row.session.clone()))
         }
 
         async fn apply(&self, id: &SessionId, expected: u64, update: &SessionUpdate, _: &str) -> Result<Session> {
-            let mut rows = self.rows.lock().unwrap();
+            let mut rows = self.rows.write().unwrap();
             let row = rows.get_mut(id).ok_or_else(|| Error::new(ErrorKind::NotFound, "X", "missing"))?;
             if row.session.details.sequence != expected {
                 return Err(Error::new(ErrorKind::Aborted, "X", "sequence"));
@@ -276,12 +275,12 @@ mod tests {
         }
 
         async fn list(&self, _: &[SessionFilter], _: &ListQuery) -> Result<Page<Session>> {
-            let items: Vec<Session> = self.rows.lock().unwrap().values().map(|row| row.session.clone()).collect();
+            let items: Vec<Session> = self.rows.write().unwrap().values().map(|row| row.session.clone()).collect();
             Ok(Page { total: items.len() as u64, items })
         }
 
         async fn terminate(&self, id: &SessionId, _: &str) -> Result<Details> {
-            let mut rows = self.rows.lock().unwrap();
+            let mut rows = self.rows.write().unwrap();
             let row = rows.get_mut(id).ok_or_else(|| Error::new(ErrorKind::NotFound, "X", "missing"))?;
             row.session.terminated = true;
             Ok(row.session.details.clone())
@@ -289,7 +288,7 @@ mod tests {
 
         async fn terminate_all_of_user(&self, user: &UserId, _: &str) -> Result<u64> {
             let mut count = 0;
-            for row in self.rows.lock().unwrap().values_mut() {
+            for row in self.rows.write().unwrap().values_mut() {
                 if row.session.user_id() == Some(user) && !row.session.terminated {
                     row.session.terminated = true;
                     count += 1;
@@ -371,7 +370,7 @@ mod tests {
         fake.put(stored("s1", None, 1));
         let cache = Arc::new(cached(&fake, Duration::from_secs(60)));
         let hold = Arc::new((Notify::new(), Notify::new()));
-        *fake.hold.lock().unwrap() = Some(hold.clone());
+        *fake.hold.write().unwrap() = Some(hold.clone());
 
         // The read takes its snapshot (sequence 1), then waits while the session is terminated.
         let reader = tokio::spawn({
