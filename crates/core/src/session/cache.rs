@@ -258,7 +258,7 @@ mod tests {
         }
 
         async fn get_by_token_hash(&self, hash: &str) -> Result<Option<Session>> {
-            let rows = self.rows.write().unwrap();
+            let rows = self.rows.read().unwrap();
             Ok(rows.values().find(|row| row.token_hash == hash).map(|row| row.session.clone()))
         }
 
