@@ -239,8 +239,18 @@ pub(super) async fn users_from_rows<C: ConnectionTrait>(db: &C, rows: Vec<users:
 
 /// The user with `id` read through `db`, with its org's primary domain.
 pub(super) async fn find_user<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<User>> {
-    let row = users::Entity::find_by_id(id).one(db).await.map_err(db_error)?;
-    Ok(users_from_rows(db, row.into_iter().collect()).await?.pop())
+    one_user(db, users::Entity::find_by_id(id)).await
+}
+
+/// The first user `select` finds, joined with its org in the same statement: a user lookup is on the path
+/// of every session check, and each statement costs a round trip to the database thread.
+async fn one_user<C: ConnectionTrait>(db: &C, select: sea_orm::Select<users::Entity>) -> Result<Option<User>> {
+    let to_org: sea_orm::RelationDef =
+        users::Entity::belongs_to(orgs::Entity).from(users::Column::OrgId).to(orgs::Column::Id).into();
+    let found =
+        select.select_also(orgs::Entity).join(sea_orm::JoinType::LeftJoin, to_org).one(db).await.map_err(db_error)?;
+    // The foreign key keeps every user's org; a miss means a torn read of a concurrent org removal.
+    found.map(|(row, org)| user_from_row(row, org.as_ref().map_or("", |o| o.primary_domain.as_str()))).transpose()
 }
 
 /// Users one of whose login names equals `name` ignoring case: `username`, or `username@domain` for each
@@ -487,15 +497,11 @@ impl UserRepo for IdentityRepos {
     }
 
     async fn find_by_login_name(&self, login_name: &str) -> Result<Option<User>> {
-        let db = self.store.reader();
-        let row = users::Entity::find()
+        let select = users::Entity::find()
             .filter(login_name_condition(login_name))
             .order_by_asc(users::Column::CreatedAt)
-            .order_by_asc(users::Column::Id)
-            .one(db)
-            .await
-            .map_err(db_error)?;
-        Ok(users_from_rows(db, row.into_iter().collect()).await?.pop())
+            .order_by_asc(users::Column::Id);
+        one_user(self.store.reader(), select).await
     }
 
     async fn list(&self, filters: &[UserFilter], sort: UserSort, q: &ListQuery) -> Result<Page<User>> {
