@@ -1,8 +1,10 @@
-//! An in-process cache of the principals behind personal access tokens.
+//! An in-process cache of the principals behind personal access tokens, and of whether orgs are active.
 //!
 //! Authenticating a PAT means reading the token, its owner, the owner's org and the owner's memberships:
 //! several statements on every call, the biggest cost of a cheap read such as GetSession. Entries live a
 //! short time (two seconds by default) and are keyed by the token's digest, never the token itself.
+//! Whether an org is active is asked on every session check (a user of an inactive org cannot sign in);
+//! it is kept the same way, and every org change forgets all of it.
 //!
 //! Correctness inside one process: every change that can revoke or narrow a principal (token removed, user
 //! deactivated, locked or deleted, membership changed, org deactivated or deleted) goes through
@@ -20,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::authz::Principal;
-use super::model::UserId;
+use super::model::{OrgId, UserId};
 
 /// Default time an entry is trusted; short, because other replicas' changes are only seen after it.
 pub const DEFAULT_PRINCIPAL_TTL: Duration = Duration::from_secs(2);
@@ -42,6 +44,8 @@ struct State {
     /// Bumped by every invalidation; see the module documentation.
     generation: u64,
     entries: HashMap<String, Entry>,
+    /// Whether each org is active, and since when that is known.
+    orgs: HashMap<OrgId, (bool, DateTime<Utc>)>,
 }
 
 /// The principal cache; `ttl` zero disables it.
@@ -76,9 +80,7 @@ impl PrincipalCache {
     }
 
     fn fresh(&self, entry: &Entry, now: DateTime<Utc>) -> bool {
-        // A clock that went backwards makes the entry stale rather than immortal.
-        let age = now - entry.cached_at;
-        age >= TimeDelta::zero() && age < self.ttl && entry.expiration.is_none_or(|at| at > now)
+        self.young(entry.cached_at, now) && entry.expiration.is_none_or(|at| at > now)
     }
 
     /// The cached principal of the token with digest `hash`, if fresh; otherwise a ticket for [`Self::put`].
@@ -115,6 +117,36 @@ impl PrincipalCache {
         state.entries.insert(hash.to_owned(), Entry { principal: principal.clone(), expiration, cached_at: now });
     }
 
+    /// Whether org `id` is active, if known and fresh; otherwise a ticket for [`Self::put_org`].
+    pub(crate) fn org_active(&self, id: &OrgId, now: DateTime<Utc>) -> Result<bool, Ticket> {
+        let state = self.read();
+        match state.orgs.get(id) {
+            Some(&(active, cached_at)) if self.enabled() && self.young(cached_at, now) => Ok(active),
+            Some(_) | None => Err(Ticket(state.generation)),
+        }
+    }
+
+    /// Stores whether org `id` is active, unless something was invalidated since `ticket` was taken.
+    pub(crate) fn put_org(&self, ticket: Ticket, id: &OrgId, active: bool, now: DateTime<Utc>) {
+        if !self.enabled() {
+            return;
+        }
+        let mut state = self.write();
+        if state.generation != ticket.0 {
+            return;
+        }
+        if state.orgs.len() >= MAX_ENTRIES && !state.orgs.contains_key(id) {
+            state.orgs.clear();
+        }
+        state.orgs.insert(id.clone(), (active, now));
+    }
+
+    fn young(&self, cached_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        // A clock that went backwards makes the entry stale rather than immortal.
+        let age = now - cached_at;
+        age >= TimeDelta::zero() && age < self.ttl
+    }
+
     /// Forgets every entry of `user` (its tokens, its state or its roles changed).
     pub(crate) fn invalidate_user(&self, user: &UserId) {
         let mut state = self.write();
@@ -122,11 +154,12 @@ impl PrincipalCache {
         state.entries.retain(|_, entry| entry.principal.user_id != *user);
     }
 
-    /// Forgets every entry (an org changed: it touches all its users and every membership in it).
+    /// Forgets every entry (an org changed: it touches all its users, every membership in it and its state).
     pub(crate) fn invalidate_all(&self) {
         let mut state = self.write();
         state.generation = state.generation.wrapping_add(1);
         state.entries.clear();
+        state.orgs.clear();
     }
 
     /// Number of entries held, fresh or not (for tests).
@@ -139,7 +172,6 @@ impl PrincipalCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::model::OrgId;
 
     fn principal(user: &str) -> Principal {
         Principal {
@@ -210,5 +242,25 @@ mod tests {
             cache.put(ticket, &hash, &principal("u"), None, now);
         }
         assert!(cache.len() <= MAX_ENTRIES);
+    }
+
+    #[test]
+    fn org_states_are_kept_until_the_ttl_or_any_invalidation() {
+        let cache = PrincipalCache::new(Duration::from_secs(2));
+        let (org, t0) = (OrgId::from("o"), Utc::now());
+        let ticket = cache.org_active(&org, t0).expect_err("empty");
+        cache.put_org(ticket, &org, true, t0);
+        assert_eq!(cache.org_active(&org, t0 + TimeDelta::seconds(1)).ok(), Some(true));
+        assert!(cache.org_active(&org, t0 + TimeDelta::seconds(2)).is_err(), "aged out");
+
+        assert_eq!(cache.org_active(&org, t0).ok(), Some(true));
+        cache.invalidate_all();
+        assert!(cache.org_active(&org, t0).is_err(), "an org change forgets every org state");
+
+        // A lookup that raced an invalidation stores nothing.
+        let ticket = cache.org_active(&org, t0).expect_err("empty");
+        cache.invalidate_user(&UserId::from("u"));
+        cache.put_org(ticket, &org, false, t0);
+        assert!(cache.org_active(&org, t0).is_err());
     }
 }

@@ -1033,7 +1033,14 @@ impl Identity {
         if user.state != UserState::Active {
             return Ok(None);
         }
-        let org_active = self.repos().orgs.get(&user.org_id).await?.is_some_and(|o| o.state == OrgState::Active);
+        let org_active = match self.principals.org_active(&user.org_id, self.inner.clock.now()) {
+            Ok(active) => active,
+            Err(ticket) => {
+                let active = self.repos().orgs.get(&user.org_id).await?.is_some_and(|o| o.state == OrgState::Active);
+                self.principals.put_org(ticket, &user.org_id, active, self.inner.clock.now());
+                active
+            }
+        };
         Ok(org_active.then_some(user))
     }
 
