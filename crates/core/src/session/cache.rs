@@ -8,10 +8,12 @@
 //! read started. Sessions expire by time, which the core checks on every answer, so a cached session expires
 //! exactly like a stored one.
 //!
-//! Writes made by another process are not seen: use the cache only where this process is the only writer of
-//! sessions — the server wires it for SQLite (one process by design; the CLI writes no sessions) and not for
-//! PostgreSQL, where replicas share the database. As a bound on the damage of a second process on the same
-//! SQLite file anyway, entries are trusted for [`DEFAULT_SESSION_TTL`] only.
+//! Writes made by another process are not seen: use the cache only where this process is normally the only
+//! writer of sessions — the server wires it for SQLite (one server per file; the CLI writes no sessions) and
+//! not for PostgreSQL, where replicas share the database. Two processes can still share a SQLite file for a
+//! while (the old and the new server during a restart); there a change made by one is seen by the other
+//! within [`DEFAULT_SESSION_TTL`], as with the principal cache, and a change based on a stale read fails its
+//! sequence check instead of overwriting.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -26,7 +28,7 @@ use crate::event::Details;
 use crate::identity::{ListQuery, Page, UserId};
 
 /// How long an entry is trusted (see the module documentation).
-pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(2);
 
 /// Most sessions kept (a session is well under a kilobyte); beyond it stale entries go, then all.
 const MAX_ENTRIES: usize = 10_000;
