@@ -297,6 +297,14 @@ async fn login_flow_over_every_protocol() {
             .await
             .unwrap_or_else(|e| panic!("{protocol:?} second delete: {e:?}"));
         assert!(again.details.is_some());
+        // Read just before the deletion, the session is gone right after it.
+        let res = c
+            .call::<_, pb::GetSessionResponse>(
+                GET,
+                pb::GetSessionRequest { session_id: created.session_id.clone(), session_token: None },
+            )
+            .await;
+        expect_code(res, Code::NotFound, &format!("{protocol:?} deleted session"));
         let res = c
             .call::<_, pb::DeleteSessionResponse>(
                 DELETE,
@@ -584,6 +592,17 @@ async fn deactivating_a_user_ends_its_sessions_and_lists_filter() {
             .await
             .expect("list");
         assert_eq!(list.details.expect("details").total_result, 2, "{protocol:?}");
+    }
+    // Read every session first, so that a server which remembers sessions has them in memory when the user
+    // is deactivated: what it remembers must not outlive the change.
+    for (id, token) in &tokens {
+        for protocol in PROTOCOLS {
+            let _: pb::GetSessionResponse = Client::new(&server, protocol)
+                .with_token(token)
+                .call(GET, pb::GetSessionRequest { session_id: id.clone(), session_token: Some(token.clone()) })
+                .await
+                .expect("usable before the deactivation");
+        }
     }
     let _: user::DeactivateUserResponse =
         root.call(DEACTIVATE, user::DeactivateUserRequest { user_id: user_id.clone() }).await.expect("deactivate");
