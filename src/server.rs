@@ -18,11 +18,13 @@ use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
 use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
 use flowgate_core::identity::{Identity, IdentityConfig};
 use flowgate_core::idp::{IdpConfig, IdpLinkChecker, Idps, RedirectAllowlist, SecretBox};
-use flowgate_core::session::{CachedSessionRepo, DEFAULT_SESSION_TTL, LockoutPolicy, SessionConfig, Sessions};
+use flowgate_core::session::{
+    CachedSessionRepo, DEFAULT_SESSION_TTL, LockoutPolicy, SessionConfig, SessionId, Sessions,
+};
 use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
 use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
 use flowgate_idp::{ConnectorConfig, Connectors, JwtSettings, JwtVerifier};
-use flowgate_store::{Backend, Store, StoreConfig};
+use flowgate_store::{Backend, SessionChange, Store, StoreConfig};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -115,9 +117,17 @@ fn sessions(config: &Config, store: &Store, identity: Identity) -> Result<(Ident
         ..SessionConfig::default()
     };
     let mut repos = flowgate_store::session::repos(store);
-    // Only where this process is the sole writer of sessions; replicas on PostgreSQL read them fresh.
-    if store.backend() == Backend::Sqlite {
-        repos.sessions = Arc::new(CachedSessionRepo::new(repos.sessions, DEFAULT_SESSION_TTL));
+    match store.backend() {
+        // One server per file: its own writes are all there is to hear.
+        Backend::Sqlite => repos.sessions = Arc::new(CachedSessionRepo::new(repos.sessions, DEFAULT_SESSION_TTL)),
+        // Replicas share the database: remember sessions only while listening to the changes the database
+        // announces. The listener holds a pool connection, so a pool of one connection reads fresh instead.
+        Backend::Postgres if config.max_connections >= 2 => {
+            let cache = Arc::new(CachedSessionRepo::suspended(repos.sessions, DEFAULT_SESSION_TTL));
+            spawn_session_change_follower(store.clone(), cache.clone());
+            repos.sessions = cache;
+        }
+        Backend::Postgres => {}
     }
     let sessions = Sessions::new(
         session_config,
@@ -173,6 +183,44 @@ fn federation(
 
 /// Deletes long-expired IdP intents every ten minutes, so the table holds only recent logins. Every
 /// replica may run it: the delete is idempotent.
+/// Keeps `cache` in step with the sessions other replicas change: it caches only while the database's
+/// announcements are heard, forgets each announced session, and is suspended (everything forgotten, reads
+/// fresh) from the moment the listening connection is lost until a new one listens.
+fn spawn_session_change_follower(store: Store, cache: Arc<CachedSessionRepo>) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        while !store.is_closed() {
+            match store.listen_session_changes().await {
+                Ok(Some(mut changes)) => {
+                    backoff = Duration::from_millis(250);
+                    cache.resume();
+                    loop {
+                        match changes.next().await {
+                            SessionChange::Changed(id) => cache.changed(&SessionId::from(id)),
+                            SessionChange::Lost => {
+                                cache.suspend();
+                                tracing::warn!(
+                                    "lost the session change listener; sessions are read fresh until it is back"
+                                );
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    if store.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis(), "cannot listen for session changes");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+}
+
 fn spawn_intent_purge(idps: Idps) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(600));

@@ -622,6 +622,70 @@ async fn deactivating_a_user_ends_its_sessions_and_lists_filter() {
     }
 }
 
+/// Polls `get` on a server until `done` accepts its answer; replicas may lag behind each other for at most
+/// the time the in-process caches trust an entry (2 s), so five seconds of silence is a defect.
+async fn eventually<F>(what: &str, mut get: impl AsyncFnMut() -> Result<pb::GetSessionResponse, Failure>, done: F)
+where
+    F: Fn(&Result<pb::GetSessionResponse, Failure>) -> bool,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let answer = get().await;
+        if done(&answer) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still {answer:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_on_one_server_is_seen_by_the_other() {
+    let first = Server::start().await;
+    let second = first.sibling().await;
+    let token = first.admin_token();
+    add_user(&Client::new(&first, Protocol::Grpc).with_token(&token), "roamer").await;
+    for protocol in PROTOCOLS {
+        let (on_first, on_second) =
+            (Client::new(&first, protocol).with_token(&token), Client::new(&second, protocol).with_token(&token));
+        let created: pb::CreateSessionResponse = on_first
+            .call(CREATE, pb::CreateSessionRequest { checks: user_check("roamer"), ..Default::default() })
+            .await
+            .expect("create");
+        let id = created.session_id.clone();
+        let get = || {
+            let (c, id) = (&on_second, id.clone());
+            async move { c.call(GET, pb::GetSessionRequest { session_id: id, session_token: None }).await }
+        };
+        // The second server reads the session (and may remember it) before the first one changes it.
+        let before: pb::GetSessionResponse = get().await.expect("get on the second server");
+        assert!(before.session.expect("session").metadata.is_empty());
+        let _: pb::SetSessionResponse = on_first
+            .call(
+                SET,
+                pb::SetSessionRequest {
+                    session_id: id.clone(),
+                    metadata: [("seen".to_owned(), b"yes".to_vec())].into_iter().collect(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("set on the first server");
+        eventually(&format!("{protocol:?} metadata"), get, |answer| {
+            answer.as_ref().is_ok_and(|got| got.session.as_ref().is_some_and(|s| s.metadata.contains_key("seen")))
+        })
+        .await;
+        let _: pb::DeleteSessionResponse = on_first
+            .call(DELETE, pb::DeleteSessionRequest { session_id: id.clone(), session_token: None })
+            .await
+            .expect("delete on the first server");
+        eventually(&format!("{protocol:?} deletion"), get, |answer| {
+            answer.as_ref().is_err_and(|failure| failure.code == Code::NotFound)
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn concurrent_changes_from_two_server_processes_lose_nothing() {
     let first = Server::start().await;

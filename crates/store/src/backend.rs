@@ -215,6 +215,22 @@ impl Pools {
         }
     }
 
+    /// The PostgreSQL pool, for what only PostgreSQL offers (listening for notifications).
+    pub(crate) fn postgres(&self) -> Option<&PgPool> {
+        match &self.handles {
+            Handles::Postgres(pool) => Some(pool),
+            Handles::Sqlite { .. } => None,
+        }
+    }
+
+    /// Whether [`Pools::close`] ran.
+    pub(crate) fn is_closed(&self) -> bool {
+        match &self.handles {
+            Handles::Sqlite { reader, .. } => reader.is_closed(),
+            Handles::Postgres(pool) => pool.is_closed(),
+        }
+    }
+
     /// Closes every connection, waiting for checked-out ones to come back.
     pub(crate) async fn close(&self) {
         match &self.handles {

@@ -6,6 +6,7 @@
 //! written once against sea-orm.
 
 mod backend;
+mod changes;
 mod config;
 mod error;
 mod event_log;
@@ -19,6 +20,7 @@ mod store;
 pub mod testing;
 
 pub use backend::Backend;
+pub use changes::{SESSION_CHANGES_CHANNEL, SessionChange, SessionChanges};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use event_log::{StateError, StateFuture, WriteContext, state};

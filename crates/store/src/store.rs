@@ -102,6 +102,16 @@ impl Store {
         self.inner.pools.close().await;
     }
 
+    /// Whether [`Store::close`] ran: the store answers nothing any more.
+    pub fn is_closed(&self) -> bool {
+        self.inner.pools.is_closed()
+    }
+
+    /// The PostgreSQL pool behind the store, if that is the engine.
+    pub(crate) fn postgres_pool(&self) -> Option<&sea_orm::sqlx::PgPool> {
+        self.inner.pools.postgres()
+    }
+
     /// How many times a write is tried before it fails with `STORE-conflict`.
     pub(crate) fn write_attempts(&self) -> u32 {
         self.inner.write_attempts

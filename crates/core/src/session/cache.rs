@@ -8,14 +8,16 @@
 //! read started. Sessions expire by time, which the core checks on every answer, so a cached session expires
 //! exactly like a stored one.
 //!
-//! Writes made by another process are not seen: use the cache only where this process is normally the only
-//! writer of sessions — the server wires it for SQLite (one server per file; the CLI writes no sessions) and
-//! not for PostgreSQL, where replicas share the database. Two processes can still share a SQLite file for a
-//! while (the old and the new server during a restart); there a change made by one is seen by the other
-//! within [`DEFAULT_SESSION_TTL`], as with the principal cache, and a change based on a stale read fails its
+//! Writes made by another process are not seen by themselves. Where other processes write sessions (replicas
+//! on PostgreSQL), the server feeds their changes in with [`CachedSessionRepo::changed`] as the database
+//! announces them, and keeps the cache [`CachedSessionRepo::suspend`]ed whenever it cannot hear those
+//! announcements. On SQLite one server owns the file; two processes can still share it for a while (the old
+//! and the new server during a restart), and there a change made by one is seen by the other within
+//! [`DEFAULT_SESSION_TTL`], as with the principal cache. Everywhere, a change based on a stale read fails its
 //! sequence check instead of overwriting.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -50,6 +52,8 @@ struct State {
 pub struct CachedSessionRepo {
     inner: Arc<dyn SessionRepo>,
     ttl: Duration,
+    /// False while suspended: every read goes to `inner` and nothing is stored.
+    live: AtomicBool,
     state: RwLock<State>,
 }
 
@@ -62,7 +66,31 @@ impl std::fmt::Debug for CachedSessionRepo {
 impl CachedSessionRepo {
     /// Caches `inner`'s sessions for `ttl` (zero: nothing is cached).
     pub fn new(inner: Arc<dyn SessionRepo>, ttl: Duration) -> Self {
-        Self { inner, ttl, state: RwLock::new(State::default()) }
+        Self { inner, ttl, live: AtomicBool::new(true), state: RwLock::new(State::default()) }
+    }
+
+    /// Like [`CachedSessionRepo::new`], but suspended until [`CachedSessionRepo::resume`].
+    pub fn suspended(inner: Arc<dyn SessionRepo>, ttl: Duration) -> Self {
+        let cache = Self::new(inner, ttl);
+        cache.live.store(false, Ordering::SeqCst);
+        cache
+    }
+
+    /// Forgets session `id`, changed by someone else (another replica).
+    pub fn changed(&self, id: &SessionId) {
+        self.forget(|cached, _| cached == id);
+    }
+
+    /// Forgets everything and stops caching: changes made elsewhere can no longer be heard.
+    pub fn suspend(&self) {
+        self.live.store(false, Ordering::SeqCst);
+        self.forget(|_, _| true);
+    }
+
+    /// Forgets everything and caches again: from now on every change made elsewhere is heard.
+    pub fn resume(&self) {
+        self.forget(|_, _| true);
+        self.live.store(true, Ordering::SeqCst);
     }
 
     // The lock is never held across an await and nothing under it panics, so a poisoned lock still holds
@@ -111,7 +139,7 @@ impl SessionRepo for CachedSessionRepo {
     }
 
     async fn get(&self, id: &SessionId) -> Result<Option<StoredSession>> {
-        if self.ttl.is_zero() {
+        if self.ttl.is_zero() || !self.live.load(Ordering::SeqCst) {
             return self.inner.get(id).await;
         }
         let generation = {
@@ -127,7 +155,8 @@ impl SessionRepo for CachedSessionRepo {
         if let Some(stored) = &found {
             let now = Instant::now();
             let mut state = self.write();
-            if state.generation == generation {
+            // Checked under the lock that `suspend` takes too: a read racing a suspension stores nothing.
+            if state.generation == generation && self.live.load(Ordering::SeqCst) {
                 if state.entries.len() >= MAX_ENTRIES && !state.entries.contains_key(id) {
                     state.entries.retain(|_, entry| now.duration_since(entry.cached_at) < self.ttl);
                     if state.entries.len() >= MAX_ENTRIES {
@@ -408,5 +437,29 @@ mod tests {
         off.get(&id).await.unwrap();
         assert_eq!(fake.reads.load(Ordering::SeqCst), before + 2);
         assert_eq!(off.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn changes_heard_from_elsewhere_and_suspension() {
+        let fake = Arc::new(Fake::default());
+        fake.put(stored("s1", None, 1));
+        let id = SessionId::from("s1");
+        let cache = CachedSessionRepo::suspended(fake.clone(), Duration::from_secs(60));
+        cache.get(&id).await.unwrap();
+        cache.get(&id).await.unwrap();
+        assert_eq!((fake.reads.load(Ordering::SeqCst), cache.len()), (2, 0), "suspended: nothing kept");
+
+        cache.resume();
+        cache.get(&id).await.unwrap();
+        // Another replica terminates the session and the database announces it.
+        fake.change("s1", |row| row.session.terminated = true);
+        assert!(!cache.get(&id).await.unwrap().unwrap().session.terminated, "not heard yet");
+        cache.changed(&id);
+        assert!(cache.get(&id).await.unwrap().unwrap().session.terminated);
+
+        cache.suspend();
+        assert_eq!(cache.len(), 0);
+        fake.change("s1", |row| row.session.terminated = false);
+        assert!(!cache.get(&id).await.unwrap().unwrap().session.terminated, "suspended: read fresh");
     }
 }

@@ -10,6 +10,7 @@ mod m20261124_000002_identity;
 mod m20261124_000003_sessions;
 mod m20261124_000004_flows;
 mod m20261124_000005_idps;
+mod m20261124_000006_session_notify;
 
 /// The ordered list of flowgate's migrations.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_sessions::Migration),
             Box::new(m20261124_000004_flows::Migration),
             Box::new(m20261124_000005_idps::Migration),
+            Box::new(m20261124_000006_session_notify::Migration),
         ]
     }
 }

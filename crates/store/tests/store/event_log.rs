@@ -14,7 +14,7 @@ use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, D
 use flowgate_store::{StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
-const LATEST_MIGRATION: &str = "m20261124_000005_idps";
+const LATEST_MIGRATION: &str = "m20261124_000006_session_notify";
 
 fn config(url: Option<String>, data_dir: std::path::PathBuf) -> StoreConfig {
     StoreConfig {

@@ -14,7 +14,7 @@ use flowgate_core::session::ports::{
 use flowgate_core::session::{
     Factors, LockoutKind, OtpKind, Session, SessionFilter, SessionId, TimestampMethod, UserAgent, UserFactor,
 };
-use flowgate_store::{Store, identity, session};
+use flowgate_store::{Backend, SessionChange, Store, identity, session};
 use serde_json::json;
 
 use crate::common::scenarios;
@@ -30,6 +30,7 @@ scenarios!(
     concurrent_failures_count_to_the_limit_and_lock_once,
     lockout_counters_reset,
     totp_registrations,
+    changes_are_announced_to_listeners,
 );
 
 const ACTOR: &str = "tester";
@@ -712,4 +713,43 @@ async fn totp_registrations(store: &Store) {
     repos.totp.put_unverified(&alice, "SECRET3", ACTOR).await.expect("put");
     identity::repos(store).users.delete(&alice, ACTOR).await.expect("delete user");
     assert!(repos.totp.get(&alice).await.expect("get").is_none());
+}
+
+/// On PostgreSQL every committed update or deletion of a session row is announced with the session's id,
+/// and nothing is announced for a write that rolled back; SQLite has no listeners.
+async fn changes_are_announced_to_listeners(store: &Store) {
+    let Some(mut changes) = store.listen_session_changes().await.expect("listen") else {
+        assert_eq!(store.backend(), Backend::Sqlite);
+        return;
+    };
+    seed_user(store, "o1", "alice").await;
+    let repos = session::repos(store);
+    for id in ["n1", "n2", "n3"] {
+        repos.sessions.create(&checked(id, "c", "alice", "o1"), ACTOR).await.expect("create");
+    }
+    // Creating announces nothing (a new id is in nobody's memory): the first announcement is the update.
+    let mut state = SessionState::default();
+    state.factors.user = Some(user_factor("alice", "o1", now()));
+    let update = SessionUpdate {
+        state,
+        token_hash: "hash-n1-2".into(),
+        challenges: Vec::new(),
+        events: vec![event("session.metadata.set")],
+    };
+    repos.sessions.apply(&SessionId::from("n1"), 2, &update, ACTOR).await.expect("apply");
+    assert_eq!(next(&mut changes).await, SessionChange::Changed("n1".into()));
+    // A change that fails its sequence check rolls back: nothing to announce; the termination is next.
+    assert!(repos.sessions.apply(&SessionId::from("n2"), 9, &update, ACTOR).await.is_err());
+    repos.sessions.terminate(&SessionId::from("n2"), ACTOR).await.expect("terminate");
+    assert_eq!(next(&mut changes).await, SessionChange::Changed("n2".into()));
+    // Ending every session of a user announces each one it ended.
+    repos.sessions.terminate_all_of_user(&UserId::from("alice"), ACTOR).await.expect("terminate all");
+    let mut ended = vec![next(&mut changes).await, next(&mut changes).await];
+    ended.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(ended, vec![SessionChange::Changed("n1".into()), SessionChange::Changed("n3".into())]);
+}
+
+/// The next announced change, failing the test after ten seconds of silence.
+async fn next(changes: &mut flowgate_store::SessionChanges) -> SessionChange {
+    tokio::time::timeout(std::time::Duration::from_secs(10), changes.next()).await.expect("announced")
 }
