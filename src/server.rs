@@ -181,8 +181,6 @@ fn federation(
     Ok((identity, sessions, idps))
 }
 
-/// Deletes long-expired IdP intents every ten minutes, so the table holds only recent logins. Every
-/// replica may run it: the delete is idempotent.
 /// Keeps `cache` in step with the sessions other replicas change: it caches only while the database's
 /// announcements are heard, forgets each announced session, and is suspended (everything forgotten, reads
 /// fresh) from the moment the listening connection is lost until a new one listens.
@@ -199,6 +197,10 @@ fn spawn_session_change_follower(store: Store, cache: Arc<CachedSessionRepo>) {
                             SessionChange::Changed(id) => cache.changed(&SessionId::from(id)),
                             SessionChange::Lost => {
                                 cache.suspend();
+                                if store.is_closed() {
+                                    // Shutting down: nothing was lost that anyone will ask for.
+                                    return;
+                                }
                                 tracing::warn!(
                                     "lost the session change listener; sessions are read fresh until it is back"
                                 );
@@ -221,6 +223,8 @@ fn spawn_session_change_follower(store: Store, cache: Arc<CachedSessionRepo>) {
     });
 }
 
+/// Deletes long-expired IdP intents every ten minutes, so the table holds only recent logins. Every
+/// replica may run it: the delete is idempotent.
 fn spawn_intent_purge(idps: Idps) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(600));

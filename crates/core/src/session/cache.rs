@@ -2,8 +2,8 @@
 //!
 //! Reading a session by id is the whole cost of GetSession besides authentication, and relying parties
 //! ask it on every request they serve. The cache holds what [`SessionRepo::get`] answered; every write
-//! through it (apply, terminate, terminate all of a user) forgets the session(s) it touched after the write,
-//! whatever its outcome. A read that raced such a write cannot put its stale result back: every write bumps
+//! through it (apply, terminate, terminate all of a user) forgets the session(s) it touched, before and after
+//! the write, whatever its outcome. A read that raced such a write cannot put its stale result back: every write bumps
 //! a generation first, and a result is stored only when the generation is still the one seen before the
 //! read started. Sessions expire by time, which the core checks on every answer, so a cached session expires
 //! exactly like a stored one.

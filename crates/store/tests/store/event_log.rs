@@ -136,6 +136,7 @@ async fn migrate_is_idempotent(store: &Store) {
             "m20261124_000002_identity",
             "m20261124_000003_sessions",
             "m20261124_000004_flows",
+            "m20261124_000005_idps",
             LATEST_MIGRATION
         ]
     );
