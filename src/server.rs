@@ -532,10 +532,30 @@ pub async fn build_app(
         .with_state(ops)
         .merge(Router::new().route(flowgate_core::idp::CALLBACK_PATH, get(crate::api::idp::callback)).with_state(idps))
         .fallback_service(dispatch)
-        .layer(cors(&config.cors_origins))
+        .layer(from_fn_with_state(Arc::new(cors(&config.cors_origins)), cors_middleware))
         .layer(from_fn_with_state(metrics, http_metrics::middleware))
         .layer(from_fn(request_id::middleware))
         .layer(from_fn_with_state(Arc::new(config.trusted_proxies.clone()), forwarding_middleware)))
+}
+
+/// What the CORS layer answers in `Vary` on a cross-origin request that is not a preflight; also sent when
+/// the layer is skipped.
+const CORS_VARY: HeaderValue = HeaderValue::from_static("origin");
+
+/// CORS for the requests that carry an `Origin` (browsers send it on every cross-origin request, preflights
+/// included). The rest — native gRPC, servers, CLIs — skip the layer, which otherwise copies its whole
+/// configuration and builds a header map on every call; they get its `Vary` all the same, so a cache never
+/// hands an answer made for one kind of request to the other.
+async fn cors_middleware(State(cors): State<Arc<CorsLayer>>, req: Request, next: axum::middleware::Next) -> Response {
+    if req.headers().contains_key(http::header::ORIGIN) {
+        return match tower::Layer::layer(cors.as_ref(), next).oneshot(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+    }
+    let mut res = next.run(req).await;
+    res.headers_mut().append(http::header::VARY, CORS_VARY);
+    res
 }
 
 /// `x-forwarded-for` is believed only from configured proxies; from anyone else it is dropped here, so

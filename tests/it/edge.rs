@@ -45,6 +45,27 @@ async fn cors_preflight_allows_listed_origins_only() {
     for h in ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"] {
         assert!(exposed.contains(h), "{h} not exposed: {exposed}");
     }
+    let varies = |res: &reqwest::Response| -> Vec<String> {
+        let mut names: Vec<String> = res
+            .headers()
+            .get_all("vary")
+            .iter()
+            .flat_map(|v| {
+                v.to_str().expect("ascii").split(',').map(|n| n.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let cross_origin = varies(&res);
+    assert!(cross_origin.contains(&"origin".to_owned()), "{cross_origin:?}");
+    // Without an Origin (no browser) there is nothing to allow, but the answer varies by the same headers, so a
+    // cache never hands it to a browser.
+    let res = server.http().get(server.url("/v1/system/info")).send().await.expect("get without origin");
+    assert!(res.status().is_success());
+    assert!(res.headers().keys().all(|name| !name.as_str().starts_with("access-control-")), "{:?}", res.headers());
+    assert_eq!(varies(&res), cross_origin);
 }
 
 #[tokio::test]
