@@ -146,6 +146,11 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Whether this server runs on PostgreSQL (else SQLite).
+    pub fn on_postgres(&self) -> bool {
+        self.database_url.is_some()
+    }
+
     /// An HTTP/1.1 client.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

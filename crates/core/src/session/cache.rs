@@ -78,7 +78,7 @@ impl CachedSessionRepo {
 
     /// Forgets session `id`, changed by someone else (another replica).
     pub fn changed(&self, id: &SessionId) {
-        self.forget(|cached, _| cached == id);
+        self.forget_one(id);
     }
 
     /// Forgets everything and stops caching: changes made elsewhere can no longer be heard.
@@ -114,13 +114,20 @@ impl CachedSessionRepo {
         state.entries.retain(|id, entry| !matches(id, &entry.stored));
     }
 
+    /// [`Self::forget`] for one session: a removal, not a pass over every entry (it runs twice per write).
+    fn forget_one(&self, id: &SessionId) {
+        let mut state = self.write();
+        state.generation = state.generation.wrapping_add(1);
+        state.entries.remove(id);
+    }
+
     /// Runs a write of `id` with the cache forgetting it before and after.
     async fn writing<T>(&self, id: &SessionId, write: impl Future<Output = Result<T>>) -> Result<T> {
         // Before: a read that starts now and finishes after the write must not store the old state.
         // After: a read that finished before the write stored the old state, which must go.
-        self.forget(|cached, _| cached == id);
+        self.forget_one(id);
         let result = write.await;
-        self.forget(|cached, _| cached == id);
+        self.forget_one(id);
         result
     }
 
