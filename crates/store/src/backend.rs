@@ -215,6 +215,11 @@ impl Pools {
         }
     }
 
+    /// Whether all writing goes through one connection of its own (a SQLite file), apart from the readers.
+    pub(crate) fn has_dedicated_writer(&self) -> bool {
+        matches!(self.handles, Handles::Sqlite { writer: Some(_), .. })
+    }
+
     /// The PostgreSQL pool, for what only PostgreSQL offers (listening for notifications).
     pub(crate) fn postgres(&self) -> Option<&PgPool> {
         match &self.handles {

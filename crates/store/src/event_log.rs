@@ -15,6 +15,7 @@ use sea_orm::{
 
 use crate::backend::{self, Backend, DbErrorClass, classify};
 use crate::error::{StoreError, db_error};
+use crate::group_commit::{GroupCommit, Member};
 use crate::store::Store;
 
 mod entity {
@@ -135,12 +136,21 @@ impl Store {
         F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
     {
         validate(&intent)?;
-        let attempts = self.write_attempts();
-        let mut attempt = 1;
         // A write that expects a new aggregate first tries without reading its last sequence (see `write_new`).
         let mut shortcut = intent.expected_sequence == Some(0);
+        // The first try shares a transaction with concurrent writes where the store batches them.
+        let mut member = self.group_commit().map(GroupCommit::join);
+        let attempts = self.write_attempts();
+        let mut attempt = 1;
         loop {
-            match self.try_write(&intent, &mut state, attempt, shortcut).await {
+            let outcome = match member.take() {
+                Some(member) => match try_in_batch(member, self.backend(), &intent, &mut state, shortcut).await {
+                    Some(outcome) => outcome,
+                    None => continue,
+                },
+                None => self.try_write(&intent, &mut state, attempt, shortcut).await,
+            };
+            match outcome {
                 Attempt::Done(value, details) => return Ok((value, details)),
                 Attempt::Fail(err) => return Err(err),
                 Attempt::NotNew => shortcut = false,
@@ -233,6 +243,38 @@ impl Store {
             change_date: last.created_at,
             resource_owner: last.resource_owner,
         }))
+    }
+}
+
+/// The first try of a write inside a shared transaction (see [`crate::group_commit`]). Answers the outcome
+/// when it is the write's own: committed, or failed while nothing of other writes was in the transaction
+/// (exactly what a lone try would have met). `None` when the write must be tried again alone: the batch
+/// could not take it, did not commit, or it failed after other writes, which may have caused the failure
+/// and are rolled back with it.
+async fn try_in_batch<T, F>(
+    mut member: Member,
+    backend: Backend,
+    intent: &WriteIntent,
+    state: &mut F,
+    shortcut: bool,
+) -> Option<Attempt<T>>
+where
+    F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
+{
+    let Some(turn) = member.turn().await else {
+        member.leave();
+        return None;
+    };
+    let first = turn.first();
+    let written = if shortcut {
+        write_new(turn.txn(), intent, state, 1).await
+    } else {
+        write_in(turn.txn(), backend, intent, state, 1).await
+    };
+    member.finish(turn, written.is_ok());
+    match written {
+        Ok((value, details)) => member.committed().await.then_some(Attempt::Done(value, details)),
+        Err(outcome) => first.then_some(outcome),
     }
 }
 

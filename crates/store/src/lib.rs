@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod event_log;
 pub mod flow;
+mod group_commit;
 pub mod identity;
 pub mod idp;
 pub mod migration;

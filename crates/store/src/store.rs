@@ -11,6 +11,7 @@ use sea_orm_migration::MigratorTrait;
 use crate::backend::{self, Backend, Pools};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
+use crate::group_commit::GroupCommit;
 use crate::migration::Migrator;
 
 /// Handle to the database; cheap to clone (all clones share the pools).
@@ -22,6 +23,8 @@ pub struct Store {
 struct Inner {
     pools: Pools,
     write_attempts: u32,
+    /// Shared transactions for concurrent writes, where one connection does all writing (SQLite files).
+    group_commit: Option<GroupCommit>,
 }
 
 /// Connection counts of the store's pools, for metrics.
@@ -46,7 +49,12 @@ impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
         let pools = backend::open(config).await?;
         tracing::debug!(backend = pools.backend.as_str(), "store connected");
-        Ok(Store { inner: Arc::new(Inner { pools, write_attempts: config.write_attempts.max(1) }) })
+        // PostgreSQL runs concurrent writes side by side and groups their commits itself. An in-memory SQLite
+        // database has one connection for everything, which a batch must not hold while members gather.
+        let group_commit = (pools.has_dedicated_writer() && config.group_commit > 1)
+            .then(|| GroupCommit::new(pools.writer.clone(), config.group_commit));
+        let write_attempts = config.write_attempts.max(1);
+        Ok(Store { inner: Arc::new(Inner { pools, write_attempts, group_commit }) })
     }
 
     /// Applies pending migrations in one transaction; safe to run again and from several replicas at once.
@@ -110,6 +118,11 @@ impl Store {
     /// The PostgreSQL pool behind the store, if that is the engine.
     pub(crate) fn postgres_pool(&self) -> Option<&sea_orm::sqlx::PgPool> {
         self.inner.pools.postgres()
+    }
+
+    /// Shared transactions for concurrent writes, when the store batches them.
+    pub(crate) fn group_commit(&self) -> Option<&GroupCommit> {
+        self.inner.group_commit.as_ref()
     }
 
     /// How many times a write is tried before it fails with `STORE-conflict`.

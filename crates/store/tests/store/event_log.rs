@@ -11,7 +11,7 @@ use flowgate_core::system::StoreStatus;
 use flowgate_core::{Error, ErrorKind};
 use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
 use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
-use flowgate_store::{StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
+use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
 const LATEST_MIGRATION: &str = "m20261124_000006_session_notify";
@@ -41,6 +41,7 @@ scenarios!(
     concurrent_read_modify_write_loses_nothing,
     collision_is_retried_without_gaps,
     persistent_collision_gives_up,
+    concurrent_writes_keep_their_own_outcomes,
 );
 
 fn aggregate(id: &str) -> AggregateRef {
@@ -442,6 +443,136 @@ async fn persistent_collision_gives_up(store: &Store) {
     let events = store.events(&aggregate("p")).await.expect("events");
     assert!(events.iter().all(|e| e.creator == "intruder"));
     assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=events.len() as u64).collect::<Vec<_>>());
+}
+
+/// Writes that arrive while another one is under way (on SQLite: they share its transaction) each get their
+/// own outcome: the good ones commit, a failing one fails alone and leaves nothing, and one whose caller goes
+/// away halfway leaves nothing either.
+async fn concurrent_writes_keep_their_own_outcomes(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = {
+        let (store, release) = (store.clone(), release.clone());
+        let mut inside = Some(inside_tx);
+        tokio::spawn(async move {
+            store
+                .write(intent("gate", Some(0), &["counter.added"]), move |txn, ctx| {
+                    let (release, inside) = (release.clone(), inside.take());
+                    state(async move {
+                        insert_counter(txn, "gate", 1, ctx.sequence).await?;
+                        if let Some(inside) = inside {
+                            let _ = inside.send(());
+                            // Holds the writer while the others arrive.
+                            release.notified().await;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+        })
+    };
+    inside_rx.await.expect("the first write started");
+
+    // Sees the first write's row before it is committed only if it runs in the same transaction (on a later try, once the
+    // abandoned write below has sent everyone back to try alone, it may or may not).
+    let saw_gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peek = {
+        let (store, saw_gate) = (store.clone(), saw_gate.clone());
+        let reader = store.clone();
+        tokio::spawn(async move {
+            store
+                .write(intent("peek", Some(0), &["counter.added"]), move |txn, ctx| {
+                    let (saw_gate, reader) = (saw_gate.clone(), reader.clone());
+                    state(async move {
+                        insert_counter(txn, "peek", 1, ctx.sequence).await?;
+                        let uncommitted = read_counter(reader.reader(), "gate").await?.is_none();
+                        if uncommitted && read_counter(txn, "gate").await?.is_some() {
+                            saw_gate.store(true, Ordering::SeqCst);
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+        })
+    };
+    let good: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("ok-{i}");
+                store
+                    .write(intent(&id, Some(0), &["counter.added"]), |txn, ctx| {
+                        let id = id.clone();
+                        state(async move { Ok(insert_counter(txn, &id, 1, ctx.sequence).await?) })
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let bad = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .write(intent("bad", Some(0), &["counter.added"]), |txn, ctx| {
+                    state(async move {
+                        insert_counter(txn, "bad", 1, ctx.sequence).await?;
+                        Err(Error::new(ErrorKind::FailedPrecondition, "COUNTER-frozen", "the counter is frozen").into())
+                    })
+                })
+                .await
+        })
+    };
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let abandoned = {
+        let store = store.clone();
+        let mut started = Some(started_tx);
+        tokio::spawn(async move {
+            store
+                .write(intent("gone", Some(0), &["counter.added"]), move |txn, ctx| {
+                    let started = started.take();
+                    state(async move {
+                        insert_counter(txn, "gone", 1, ctx.sequence).await?;
+                        if let Some(started) = started {
+                            let _ = started.send(());
+                            // Its caller goes away here, halfway through the write.
+                            std::future::pending::<()>().await;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+        })
+    };
+    release.notify_one();
+    started_rx.await.expect("the abandoned write started");
+    abandoned.abort();
+    assert!(abandoned.await.expect_err("aborted").is_cancelled());
+
+    gate.await.expect("task").expect("the first write commits");
+    peek.await.expect("task").expect("the peeking write commits");
+    if store.backend() == Backend::Sqlite {
+        // (On PostgreSQL it depends on timing: the peek may run before or after the first write commits.)
+        assert!(saw_gate.load(Ordering::SeqCst), "concurrent writes share the SQLite writer's transaction");
+    }
+    for write in good {
+        write.await.expect("task").expect("every good write commits");
+    }
+    let err = bad.await.expect("task");
+    assert_kind(err, ErrorKind::FailedPrecondition, "COUNTER-frozen");
+    for i in 0..10 {
+        let id = format!("ok-{i}");
+        assert_eq!(read_counter(store.reader(), &id).await.expect("read"), Some((1, 1)), "{id}");
+        assert_eq!(sequences(store, &id).await, [1], "{id}");
+    }
+    for id in ["gate", "peek"] {
+        assert_eq!(read_counter(store.reader(), id).await.expect("read"), Some((1, 1)), "{id}");
+    }
+    for id in ["bad", "gone"] {
+        assert_eq!(read_counter(store.reader(), id).await.expect("read"), None, "{id}");
+        assert!(sequences(store, id).await.is_empty(), "{id}");
+    }
 }
 
 #[tokio::test]
