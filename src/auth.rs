@@ -4,15 +4,12 @@
 //! `authenticated`, or a permission name. The table is read from the descriptor set once at start-up;
 //! an RPC of a flowgate service without the option refuses to start the server, so no handler can
 //! forget its check. The decision itself is core's (`Identity::authenticate`, `CallContext::require`).
-//! Native gRPC and gRPC-web pass through [`grpc_middleware`]; REST handlers are wrapped by
+//! Native gRPC and gRPC-web pass through [`crate::edge::GrpcEdge`]; REST handlers are wrapped by
 //! [`Authorizer::wrap`]. Both put the resulting [`CallContext`] into the request extensions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use flowgate_core::identity::Identity;
 use flowgate_core::identity::authz::{CallContext, Permission};
 use flowgate_gateway::Handler;
@@ -76,19 +73,21 @@ impl Authorizer {
         Self { table: Arc::new(table), identity }
     }
 
-    /// Decides one call: `Ok(None)` for public RPCs, `Ok(Some(ctx))` when the caller may proceed.
-    /// Unknown flowgate paths are left to the router (it answers Unimplemented/404).
+    /// What the RPC at `grpc_path` requires. Unknown paths require nothing here: the router answers them
+    /// (Unimplemented/404).
+    pub fn requirement(&self, grpc_path: &str) -> Requirement {
+        self.table.get(grpc_path).copied().unwrap_or(Requirement::None)
+    }
+
+    /// Decides one call of an RPC requiring `requirement`: `Ok(None)` for public RPCs, `Ok(Some(ctx))`
+    /// when the caller may proceed.
     pub async fn authorize(
         &self,
-        grpc_path: &str,
+        requirement: Requirement,
         authorization: Option<&str>,
         org_header: Option<&str>,
         request_id: Option<&str>,
     ) -> Result<Option<CallContext>, tonic::Status> {
-        let requirement = match self.table.get(grpc_path) {
-            Some(r) => *r,
-            None => return Ok(None),
-        };
         if requirement == Requirement::None {
             return Ok(None);
         }
@@ -101,22 +100,18 @@ impl Authorizer {
         Ok(Some(ctx))
     }
 
-    /// Wraps a REST handler so it runs only after [`Authorizer::authorize`] let the call through.
-    pub fn wrap(&self, grpc_path: String, inner: Handler) -> Handler {
+    /// Wraps the REST handler of the RPC at `grpc_path` so it runs only after [`Authorizer::authorize`]
+    /// let the call through.
+    pub fn wrap(&self, grpc_path: &str, inner: Handler) -> Handler {
         let auth = self.clone();
+        let requirement = self.requirement(grpc_path);
         Handler::from_fn(move |value, metadata: tonic::metadata::MetadataMap, mut extensions: http::Extensions| {
             let auth = auth.clone();
             let inner = inner.clone();
-            let path = grpc_path.clone();
             async move {
-                let header = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let header = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok());
                 let ctx = auth
-                    .authorize(
-                        &path,
-                        header("authorization").as_deref(),
-                        header("x-zitadel-orgid").as_deref(),
-                        header("x-request-id").as_deref(),
-                    )
+                    .authorize(requirement, header("authorization"), header("x-zitadel-orgid"), header("x-request-id"))
                     .await?;
                 if let Some(ctx) = ctx {
                     extensions.insert(ctx);
@@ -124,24 +119,6 @@ impl Authorizer {
                 inner.call(value, metadata, extensions).await
             }
         })
-    }
-}
-
-/// Middleware on the gRPC router (native and gRPC-web): authorizes by path before the service runs.
-pub async fn grpc_middleware(State(auth): State<Authorizer>, mut req: Request, next: Next) -> Response {
-    // Owned copies: the request body is not `Sync`, so no borrow of the request may live across an await.
-    let (authorization, org, request_id, path) = {
-        let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        (header("authorization"), header("x-zitadel-orgid"), header("x-request-id"), req.uri().path().to_owned())
-    };
-    match auth.authorize(&path, authorization.as_deref(), org.as_deref(), request_id.as_deref()).await {
-        Ok(ctx) => {
-            if let Some(ctx) = ctx {
-                req.extensions_mut().insert(ctx);
-            }
-            next.run(req).await
-        }
-        Err(status) => status.into_http(),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod pb;
 pub mod server;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flowgate_core::flow::{Flows, FlowsConfig, PolicyConfig};
@@ -32,7 +31,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
-use tower::ServiceExt as _;
+use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::admin::AdminApi;
@@ -44,7 +43,8 @@ use crate::api::system::SystemApi;
 use crate::api::user::UserApi;
 use crate::auth::{self, Authorizer};
 use crate::config::{Config, Delivery, JwtIssuer, Lockout, PasswordHashing, TlsFiles};
-use crate::http_metrics::{self, HttpMetrics, PoolGauge};
+use crate::edge::{Edge, EdgeLayer, GrpcEdgeLayer};
+use crate::http_metrics::{HttpMetrics, PoolGauge};
 use crate::notify::Notifier;
 use crate::pb;
 use crate::pb::flowgate::admin::v2::administrator_service_server::AdministratorServiceServer;
@@ -58,7 +58,6 @@ use crate::pb::flowgate::org::v2::organization_service_server::OrganizationServi
 use crate::pb::flowgate::session::v2::session_service_server::SessionServiceServer;
 use crate::pb::flowgate::system::v1::system_service_server::SystemServiceServer;
 use crate::pb::flowgate::user::v2::user_service_server::UserServiceServer;
-use crate::request_id;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -414,7 +413,7 @@ struct Ops {
     metrics: Arc<HttpMetrics>,
 }
 
-/// Builds the whole HTTP application (exposed for in-process use).
+/// Builds the whole HTTP application behind its edge (exposed for in-process use).
 pub async fn build_app(
     config: &Config,
     store: Store,
@@ -423,7 +422,7 @@ pub async fn build_app(
     idps: Idps,
     flows: Flows,
     schema_version: String,
-) -> Result<Router, ServeError> {
+) -> Result<Edge<Router>, ServeError> {
     let started = Instant::now();
     let pool =
         prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).map_err(|e| ServeError::Api(e.to_string()))?;
@@ -464,13 +463,18 @@ pub async fn build_app(
     handlers.extend(pb::rest::policy_service_handlers(flow_api.clone()));
     // Every REST handler runs behind the same authorization as native gRPC.
     let handlers: HashMap<String, flowgate_gateway::Handler> =
-        handlers.into_iter().map(|(path, h)| (path.clone(), authorizer.wrap(path, h))).collect();
+        handlers.into_iter().map(|(path, h)| (path.clone(), authorizer.wrap(&path, h))).collect();
 
+    // Every RPC's labels are built once, here.
+    let rpc_paths = pool
+        .services()
+        .flat_map(|s| s.methods().collect::<Vec<_>>())
+        .map(|m| format!("/{}/{}", m.parent_service().full_name(), m.name()));
+    let metrics = Arc::new(HttpMetrics::new(Arc::new(StorePool(store.clone())), rpc_paths));
     let gateway_config =
         GatewayConfig { body_limit: config.body_limit, trusted_proxies: config.trusted_proxies.clone() };
     let gateway = Gateway::new(pool, bindings, handlers, gateway_config).map_err(|e| ServeError::Api(e.to_string()))?;
 
-    let metrics = Arc::new(HttpMetrics::new(Arc::new(StorePool(store.clone()))));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<SystemServiceServer<SystemApi>>().await;
     health_reporter.set_serving::<UserServiceServer<UserApi>>().await;
@@ -505,11 +509,10 @@ pub async fn build_app(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .into_axum_router()
-        .layer(from_fn_with_state(authorizer, auth::grpc_middleware))
-        .layer(from_fn_with_state(metrics.clone(), http_metrics::grpc_middleware))
-        // gRPC-web answers 400 to any HTTP/1 request that is not gRPC-web, so it wraps only this router.
-        .layer(tonic_web::GrpcWebLayer::new());
+        .into_axum_router();
+    // Both wrap the router as a whole rather than each of its routes, so a call passes each once. gRPC-web
+    // answers 400 to any HTTP/1 request that is not gRPC-web, so it wraps only this router.
+    let grpc = tonic_web::GrpcWebLayer::new().layer(GrpcEdgeLayer::new(authorizer, metrics.clone()).layer(grpc));
 
     let dispatch = tower::service_fn(move |req: Request| {
         let grpc = grpc.clone();
@@ -520,58 +523,20 @@ pub async fn build_app(
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.starts_with("application/grpc"));
-            if is_grpc { grpc.oneshot(req).await } else { Ok(gateway.handle(req).await) }
+            if is_grpc { grpc.oneshot(req).await.map(|res| res.map(Body::new)) } else { Ok(gateway.handle(req).await) }
         }
     });
 
     let ops = Ops { store, metrics: metrics.clone() };
-    Ok(Router::new()
+    let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(ops)
         .merge(Router::new().route(flowgate_core::idp::CALLBACK_PATH, get(crate::api::idp::callback)).with_state(idps))
-        .fallback_service(dispatch)
-        .layer(from_fn_with_state(Arc::new(cors(&config.cors_origins)), cors_middleware))
-        .layer(from_fn_with_state(metrics, http_metrics::middleware))
-        .layer(from_fn(request_id::middleware))
-        .layer(from_fn_with_state(Arc::new(config.trusted_proxies.clone()), forwarding_middleware)))
-}
-
-/// What the CORS layer answers in `Vary` on a cross-origin request that is not a preflight; also sent when
-/// the layer is skipped.
-const CORS_VARY: HeaderValue = HeaderValue::from_static("origin");
-
-/// CORS for the requests that carry an `Origin` (browsers send it on every cross-origin request, preflights
-/// included). The rest — native gRPC, servers, CLIs — skip the layer, which otherwise copies its whole
-/// configuration and builds a header map on every call; they get its `Vary` all the same, so a cache never
-/// hands an answer made for one kind of request to the other.
-async fn cors_middleware(State(cors): State<Arc<CorsLayer>>, req: Request, next: axum::middleware::Next) -> Response {
-    if req.headers().contains_key(http::header::ORIGIN) {
-        return match tower::Layer::layer(cors.as_ref(), next).oneshot(req).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
-    }
-    let mut res = next.run(req).await;
-    res.headers_mut().append(http::header::VARY, CORS_VARY);
-    res
-}
-
-/// `x-forwarded-for` is believed only from configured proxies; from anyone else it is dropped here, so
-/// no protocol (native gRPC included) hands a forged client address to a service.
-async fn forwarding_middleware(
-    State(trusted): State<Arc<Vec<flowgate_gateway::IpNet>>>,
-    mut req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let trusted_peer = peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)));
-    if !trusted_peer {
-        req.headers_mut().remove("x-forwarded-for");
-        req.headers_mut().remove("forwarded");
-    }
-    next.run(req).await
+        .fallback_service(dispatch);
+    // The edge wraps the router as a whole: `Router::layer` would wrap each route, boxing once more per call.
+    Ok(EdgeLayer::new(config.trusted_proxies.clone(), cors(&config.cors_origins), metrics).layer(app))
 }
 
 /// Liveness: the process answers.
@@ -683,7 +648,7 @@ impl ShutdownSignal {
 /// Accepts connections (HTTP/1.1 and h2c, or TLS with ALPN) until a signal, then drains.
 async fn run(
     listener: TcpListener,
-    app: Router,
+    app: Edge<Router>,
     tls: Option<TlsAcceptor>,
     drain_timeout: Duration,
     signal: ShutdownSignal,

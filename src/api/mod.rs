@@ -9,7 +9,7 @@ pub mod session;
 pub mod system;
 pub mod user;
 
-/// The request id the edge attached to this call (always present behind the server's middleware).
+/// The request id the edge attached to this call (always present behind the server's [`crate::edge::Edge`]).
 pub(crate) fn request_id<T>(req: &tonic::Request<T>) -> Option<String> {
     req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
