@@ -481,7 +481,7 @@ async fn concurrent_writes_keep_their_own_outcomes(store: &Store) {
     let peek = {
         let (store, saw_gate) = (store.clone(), saw_gate.clone());
         let reader = store.clone();
-        tokio::spawn(async move {
+        let mut peek = Box::pin(async move {
             store
                 .write(intent("peek", Some(0), &["counter.added"]), move |txn, ctx| {
                     let (saw_gate, reader) = (saw_gate.clone(), reader.clone());
@@ -495,7 +495,12 @@ async fn concurrent_writes_keep_their_own_outcomes(store: &Store) {
                     })
                 })
                 .await
-        })
+        });
+        // Its first step joins the transaction the first write holds (SQLite), before that write may end.
+        match futures::poll!(peek.as_mut()) {
+            std::task::Poll::Ready(done) => tokio::spawn(async move { done }),
+            std::task::Poll::Pending => tokio::spawn(peek),
+        }
     };
     let good: Vec<_> = (0..10)
         .map(|i| {
