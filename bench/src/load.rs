@@ -228,8 +228,10 @@ where
         }
     }
     // Requests still running at the end are given a grace period, then dropped: they started in the
-    // window and are not counted unless they finish inside it anyway.
-    let grace = tokio::time::sleep(Duration::from_secs(5));
+    // window and are not counted unless they finish inside it anyway. The period counts from the window's
+    // end: the closed loop gets here right after starting its callers, and a timer started now would
+    // abort them five seconds into any longer run.
+    let grace = tokio::time::sleep_until(window.end + Duration::from_secs(5));
     tokio::pin!(grace);
     loop {
         tokio::select! {
@@ -263,4 +265,30 @@ where
 /// Latencies from 1 µs to 2 minutes at 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Virtual time: the callers sleep 10 ms per request, so the counts are exact and the test is instant.
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_callers_run_for_the_whole_window() {
+        let drive = Drive {
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(8),
+            in_flight: 4,
+            rate: None,
+            pid: None,
+        };
+        let measured = run(&drive, |_, _| async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Step::Ok
+        })
+        .await;
+        assert_eq!(measured.window, Duration::from_secs(8));
+        // 4 callers × 100 requests per second × 8 s, give or take the requests at the window's edges.
+        assert!((3190..=3200).contains(&measured.ok), "{} requests in the window", measured.ok);
+        assert!(!measured.exhausted);
+    }
 }

@@ -305,6 +305,9 @@ impl Bench {
         let mut last_delete_rps: Option<f64> = None;
         for scenario in scenarios {
             for protocol in self.protocols.clone() {
+                if let Some(name) = scenario.password_run() {
+                    self.argon2_next_to(name, protocol).await?;
+                }
                 eprintln!("running {} over {} …", scenario.name(), protocol.name());
                 match scenario {
                     Scenario::Overload => self.overload(protocol, &fixtures).await?,
@@ -376,6 +379,17 @@ impl Bench {
         };
         self.baselines.commit_per_s = Some(rate);
         self.rows.push(Row::rate("baseline-db-commit", &label, rate));
+        Ok(())
+    }
+
+    /// Measures the argon2id rate again right before a password run, as that run's baseline: these machines
+    /// slow down under sustained load, so a rate taken minutes earlier flatters or wrongs the run.
+    async fn argon2_next_to(&mut self, name: &str, protocol: Protocol) -> Result<(), String> {
+        let cores = self.layout.server.clone();
+        eprintln!("baseline: argon2id verify next to {name} over {} …", protocol.name());
+        let rate =
+            baseline::argon2_verify_rate(self.argon2_params(), cores, self.layout.pinned, self.baseline_time()).await?;
+        self.baselines.argon2id_adjacent.insert(format!("{name} {}", protocol.name()), rate);
         Ok(())
     }
 
@@ -489,7 +503,7 @@ impl Bench {
     /// Password checks offered at twice the measured hashing capacity (open loop) while GetSession runs
     /// closed-loop beside them on connections of its own.
     async fn overload(&mut self, protocol: Protocol, fixtures: &Arc<Fixtures>) -> Result<(), String> {
-        let capacity = self.baselines.argon2id_verify_per_s.unwrap_or(1.0).max(1.0);
+        let capacity = self.baselines.argon2id_for("overload/password", protocol.name()).unwrap_or(1.0).max(1.0);
         let offered = 2.0 * capacity;
         let addr = self.target.addr;
         let token = fixtures.login_token.clone();

@@ -71,6 +71,21 @@ impl Scenario {
         Scenario::Overload,
     ];
 
+    /// The row of this scenario that hashing bounds (judged by the argon2id rate measured next to it).
+    pub fn password_run(self) -> Option<&'static str> {
+        match self {
+            Scenario::CreateSessionPassword => Some("create-session-password"),
+            Scenario::Overload => Some("overload/password"),
+            Scenario::GetInfo
+            | Scenario::GetSession
+            | Scenario::CreateSessionUser
+            | Scenario::SetSessionMetadata
+            | Scenario::DeleteSession
+            | Scenario::StartIdpIntent
+            | Scenario::FlowPatch => None,
+        }
+    }
+
     /// Name used in the table and the JSON report.
     pub fn name(self) -> &'static str {
         match self {
