@@ -48,7 +48,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Database URL (`postgres://…` or `sqlite://…`); `None` means SQLite in `data_dir`.
     pub database_url: Option<String>,
-    /// Maximum database connections in the pool.
+    /// Maximum database connections in the pool (SQLite: reader connections; the single writer comes on top).
     pub max_connections: u32,
     /// Log format.
     pub log_format: LogFormat,
@@ -411,7 +411,7 @@ impl Layers {
         let max_connections = match self.pick("max_connections", |r| r.max_connections) {
             Some((0, src)) => return Err(bad("max_connections", src, "must be at least 1".to_owned())),
             Some((n, _)) => n,
-            None => 16,
+            None => default_max_connections(database_url.as_deref()),
         };
         let log_format = match self.pick("log_format", |r| r.log_format.clone()) {
             Some((v, src)) => match v.as_str() {
@@ -765,6 +765,17 @@ fn parse_duration(v: &str) -> Option<Duration> {
     v.strip_suffix('s').unwrap_or(v).trim().parse().ok().map(Duration::from_secs)
 }
 
+/// The pool size when none is configured: 16 on PostgreSQL. On SQLite two reader connections per core,
+/// from 2 to 16: reads there are CPU work on pages in memory, so more connections than that add no
+/// throughput, only threads (each SQLite connection has its own) to wake for every query.
+fn default_max_connections(database_url: Option<&str>) -> u32 {
+    if database_url.is_some_and(|url| url.starts_with("postgres")) {
+        return 16;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u32::try_from(cores.saturating_mul(2)).unwrap_or(u32::MAX).clamp(2, 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,6 +790,23 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert!(config.database_url.is_none());
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let sqlite = u32::try_from(2 * cores).unwrap_or(16).clamp(2, 16);
+        assert_eq!(config.max_connections, sqlite, "SQLite: two readers per core, 2 to 16");
+    }
+
+    #[test]
+    fn pool_size_defaults_by_backend() {
+        let postgres = RawConfig { database_url: Some("postgres://db/flowgate".into()), ..RawConfig::default() };
+        let config = Layers { env: postgres, ..Layers::default() }.resolve().expect("valid");
+        assert_eq!(config.max_connections, 16);
+        let set = RawConfig {
+            database_url: Some("sqlite:/tmp/x.db".into()),
+            max_connections: Some(40),
+            ..RawConfig::default()
+        };
+        let config = Layers { flags: set, ..Layers::default() }.resolve().expect("valid");
+        assert_eq!(config.max_connections, 40, "a configured size is kept as it is");
     }
 
     #[test]

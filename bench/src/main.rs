@@ -105,9 +105,10 @@ struct RunArgs {
     /// argon2id lanes of the server.
     #[arg(long, default_value_t = 1)]
     password_hash_parallelism: u32,
-    /// Database pool size of the started server (flowgate's default); also the PostgreSQL commit baseline's writers.
-    #[arg(long, default_value_t = 16)]
-    max_connections: usize,
+    /// Database pool size of the started server (absent: the server's default, 16 on PostgreSQL); also the
+    /// PostgreSQL commit baseline's writers.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Extra argument for `flowgate serve` (repeatable), e.g. --server-arg=--log-level=warn.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -366,7 +367,8 @@ impl Bench {
         eprintln!("baseline: single-row insert+commit …");
         let (rate, label) = match &self.args.database_url {
             Some(url) => {
-                let writers = self.args.max_connections.min(self.args.in_flight).max(1);
+                // The server's pool on PostgreSQL: as configured, or its default of 16.
+                let writers = self.args.max_connections.unwrap_or(16).min(self.args.in_flight).max(1);
                 (
                     baseline::postgres_commit_rate(url, writers, self.baseline_time()).await?,
                     format!("postgresql ×{writers}"),
@@ -574,8 +576,6 @@ async fn start_target(args: &RunArgs, layout: &Layout) -> Result<Target, String>
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .arg("--data-dir")
         .arg(data_dir.path())
-        .arg("--max-connections")
-        .arg(args.max_connections.to_string())
         .arg("--password-hash-memory-kib")
         .arg(args.password_hash_memory_kib.to_string())
         .arg("--password-hash-iterations")
@@ -587,6 +587,9 @@ async fn start_target(args: &RunArgs, layout: &Layout) -> Result<Target, String>
         .arg(scenario::REDIRECT_PREFIX);
     if let Some(url) = &args.database_url {
         cmd.arg("--database-url").arg(url);
+    }
+    if let Some(n) = args.max_connections {
+        cmd.arg("--max-connections").arg(n.to_string());
     }
     cmd.args(&args.server_args);
     let cores = if layout.pinned { layout.server.clone() } else { Vec::new() };
