@@ -26,8 +26,7 @@ use crate::backend::{self, Backend};
 /// Most writes one transaction carries; a batch under continuous load ends here so its members hear soon.
 pub(crate) const MAX_MEMBERS: usize = 64;
 
-/// The batches of one writer connection; cheap to clone.
-#[derive(Clone)]
+/// The batches of one writer connection.
 pub(crate) struct GroupCommit {
     shared: Arc<Shared>,
 }
