@@ -8,9 +8,10 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use flowgate_core::Error;
 use flowgate_core::event::{AggregateRef, Details, NewEvent, StoredEvent, WriteIntent};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    QueryTrait, TransactionTrait,
 };
 
 use crate::backend::{self, Backend, DbErrorClass, classify};
@@ -291,14 +292,24 @@ where
 {
     let aggregate = &intent.aggregate;
     backend::lock_aggregate(txn, backend, aggregate).await.map_err(|e| on_db_error(e, Step::Read))?;
-    let last = of_aggregate(aggregate)
+    // The last event's sequence and time and the first event's time in one statement: on SQLite every
+    // statement is a round trip to the driver's thread, which costs more than either index lookup.
+    let first_created_at = of_aggregate(aggregate)
+        .select_only()
+        .column(entity::Column::CreatedAt)
+        .order_by_asc(entity::Column::Sequence)
+        .limit(1)
+        .into_query();
+    let ends = of_aggregate(aggregate)
         .select_only()
         .columns([entity::Column::Sequence, entity::Column::CreatedAt])
+        .expr(Expr::SubQuery(None, Box::new(first_created_at.into())))
         .order_by_desc(entity::Column::Sequence)
-        .into_tuple::<(i64, DateTime<Utc>)>()
+        .into_tuple::<(i64, DateTime<Utc>, DateTime<Utc>)>()
         .one(txn)
         .await
         .map_err(|e| on_db_error(e, Step::Read))?;
+    let last = ends.map(|(sequence, at, _)| (sequence, at));
     let previous_sequence = match last {
         Some((sequence, _)) => to_sequence(sequence).map_err(Attempt::Fail)?,
         None => 0,
@@ -313,19 +324,7 @@ where
     // aggregate's last event, so change dates never go backwards when the clock does.
     let now = Utc::now().trunc_subsecs(6);
     let created_at = last.map_or(now, |(_, at)| now.max(at));
-    let creation_date = match last {
-        None => created_at,
-        Some((1, at)) => at,
-        Some(_) => of_aggregate(aggregate)
-            .select_only()
-            .column(entity::Column::CreatedAt)
-            .order_by_asc(entity::Column::Sequence)
-            .into_tuple::<DateTime<Utc>>()
-            .one(txn)
-            .await
-            .map_err(|e| on_db_error(e, Step::Read))?
-            .unwrap_or(created_at),
-    };
+    let creation_date = ends.map_or(created_at, |(_, _, first)| first);
     let count = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
     let sequence = previous_sequence.saturating_add(count);
     let context = WriteContext { previous_sequence, sequence, created_at, creation_date, attempt };
