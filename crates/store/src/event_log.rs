@@ -222,28 +222,16 @@ impl Store {
 
     /// Change metadata of `aggregate` from its first and last events; `None` when it has no events.
     pub async fn details(&self, aggregate: &AggregateRef) -> Result<Option<Details>, Error> {
-        let db = self.reader();
-        let Some(last) =
-            of_aggregate(aggregate).order_by_desc(entity::Column::Sequence).one(db).await.map_err(db_error)?
+        let Some((sequence, change_date, creation_date, resource_owner)) = ends_of(aggregate)
+            .column(entity::Column::ResourceOwner)
+            .into_tuple::<(i64, DateTime<Utc>, DateTime<Utc>, String)>()
+            .one(self.reader())
+            .await
+            .map_err(db_error)?
         else {
             return Ok(None);
         };
-        // The first event never changes, so reading it after the last one cannot mix two states.
-        let creation_date = match last.sequence {
-            1 => last.created_at,
-            _ => of_aggregate(aggregate)
-                .order_by_asc(entity::Column::Sequence)
-                .one(db)
-                .await
-                .map_err(db_error)?
-                .map_or(last.created_at, |first| first.created_at),
-        };
-        Ok(Some(Details {
-            sequence: to_sequence(last.sequence)?,
-            creation_date,
-            change_date: last.created_at,
-            resource_owner: last.resource_owner,
-        }))
+        Ok(Some(Details { sequence: to_sequence(sequence)?, creation_date, change_date, resource_owner }))
     }
 }
 
@@ -292,19 +280,7 @@ where
 {
     let aggregate = &intent.aggregate;
     backend::lock_aggregate(txn, backend, aggregate).await.map_err(|e| on_db_error(e, Step::Read))?;
-    // The last event's sequence and time and the first event's time in one statement: on SQLite every
-    // statement is a round trip to the driver's thread, which costs more than either index lookup.
-    let first_created_at = of_aggregate(aggregate)
-        .select_only()
-        .column(entity::Column::CreatedAt)
-        .order_by_asc(entity::Column::Sequence)
-        .limit(1)
-        .into_query();
-    let ends = of_aggregate(aggregate)
-        .select_only()
-        .columns([entity::Column::Sequence, entity::Column::CreatedAt])
-        .expr(Expr::SubQuery(None, Box::new(first_created_at.into())))
-        .order_by_desc(entity::Column::Sequence)
+    let ends = ends_of(aggregate)
         .into_tuple::<(i64, DateTime<Utc>, DateTime<Utc>)>()
         .one(txn)
         .await
@@ -480,6 +456,23 @@ fn of_aggregate(aggregate: &AggregateRef) -> sea_orm::Select<entity::Entity> {
     entity::Entity::find()
         .filter(entity::Column::AggregateType.eq(aggregate.aggregate_type.as_str()))
         .filter(entity::Column::AggregateId.eq(aggregate.aggregate_id.as_str()))
+}
+
+/// The aggregate's last event's sequence and time, then its first event's time, as one statement (on SQLite
+/// every statement is a round trip to the driver's thread, which costs more than either index lookup);
+/// callers may select more columns of the last event after these three.
+fn ends_of(aggregate: &AggregateRef) -> sea_orm::Select<entity::Entity> {
+    let first_created_at = of_aggregate(aggregate)
+        .select_only()
+        .column(entity::Column::CreatedAt)
+        .order_by_asc(entity::Column::Sequence)
+        .limit(1)
+        .into_query();
+    of_aggregate(aggregate)
+        .select_only()
+        .columns([entity::Column::Sequence, entity::Column::CreatedAt])
+        .expr(Expr::SubQuery(None, Box::new(first_created_at.into())))
+        .order_by_desc(entity::Column::Sequence)
 }
 
 fn event_row(
