@@ -54,6 +54,38 @@ pub enum StateError {
     /// A statement failed; mapped like every other database error (and retried when it was a collision).
     #[error(transparent)]
     Db(#[from] DbErr),
+    /// The state row no longer records the sequence the write was based on (see
+    /// [`Store::write_returning_known`]): the write is tried again the ordinary way.
+    #[error("the state row changed since it was read")]
+    Stale,
+}
+
+impl StateError {
+    /// The core error this stands for, where no write can try again (outside [`Store::write`]).
+    pub fn into_error(self) -> Error {
+        match self {
+            StateError::Domain(err) => err,
+            StateError::Db(err) => db_error(err),
+            StateError::Stale => out_of_step(),
+        }
+    }
+}
+
+/// A state row whose sequence disagrees with its aggregate's events: a bug, never a bad request.
+fn out_of_step() -> Error {
+    Error::internal("STORE-state-out-of-step", "a state row does not match its aggregate's events")
+}
+
+/// An aggregate's ends as its state row records them (every write of the aggregate updates them there), read
+/// by the caller before a write; see [`Store::write_returning_known`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownEnds {
+    /// Sequence of the aggregate's last event.
+    pub sequence: u64,
+    /// Time of the aggregate's last event.
+    pub changed_at: DateTime<Utc>,
+    /// Time of the aggregate's first event.
+    pub created_at: DateTime<Utc>,
 }
 
 /// What the state closure of [`Store::write`] returns: a boxed future borrowing the transaction.
@@ -88,10 +120,22 @@ enum Attempt<T> {
     Done(T, Details),
     /// Another writer got in the way; the whole write may be tried again.
     Retry(DbErr),
-    /// The shortcut for a new aggregate found events already there: try again, at once, the ordinary way,
-    /// which reads the last sequence and reports the mismatch. Not counted as a try.
-    NotNew,
+    /// The first try's shortcut (a new aggregate, or ends known from the state row) met a log that says
+    /// otherwise: try again, at once, the ordinary way, which reads the last sequence and reports the
+    /// mismatch. Not counted as a try.
+    Reread,
     Fail(Error),
+}
+
+/// How a try of a write learns the aggregate's last sequence.
+#[derive(Debug, Clone, Copy)]
+enum Ends {
+    /// Expects a new aggregate: none (see [`write_new`]).
+    New,
+    /// From the caller, as the state row recorded them (see [`write_known`]).
+    Known(KnownEnds),
+    /// Reads them from the log (see [`write_in`]).
+    Read,
 }
 
 /// Where in a try a database error happened; the same error means different things at each step.
@@ -131,30 +175,62 @@ impl Store {
     /// transaction it is given: on SQLite that transaction holds the one writer connection, so calling back
     /// into [`Store::write`] or [`Store::writer`] from inside would wait for itself until the acquire timeout.
     /// An error from `state` rolls back and is returned as is (database errors mapped).
-    pub async fn write_returning<T, F>(&self, intent: WriteIntent, mut state: F) -> Result<(T, Details), Error>
+    pub async fn write_returning<T, F>(&self, intent: WriteIntent, state: F) -> Result<(T, Details), Error>
+    where
+        T: Send,
+        F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
+    {
+        // A write that expects a new aggregate first tries without reading its last sequence (see `write_new`).
+        let ends = if intent.expected_sequence == Some(0) { Ends::New } else { Ends::Read };
+        self.write_from(intent, ends, state).await
+    }
+
+    /// [`Store::write_returning`] for a write based on what the caller read from the aggregate's state row,
+    /// which records the aggregate's `known` ends: the first try takes them from there instead of reading the
+    /// log (one statement fewer on the single writer), when `intent.expected_sequence` is `known.sequence`.
+    ///
+    /// `state` must change the state row only where it still records the sequence the write is based on
+    /// ([`WriteContext::previous_sequence`]) and return [`StateError::Stale`] when it does not; the events
+    /// then go in after that sequence, the unique (aggregate, sequence) key catching a log that moved on
+    /// anyway. Either way nothing is kept and the write is tried again at once the ordinary way, which reads
+    /// the log and reports the sequence mismatch (or writes, if the row had only been read early). Under the
+    /// ordinary way `Stale` means the row disagrees with the log, and fails as an internal error.
+    pub async fn write_returning_known<T, F>(
+        &self,
+        intent: WriteIntent,
+        known: KnownEnds,
+        state: F,
+    ) -> Result<(T, Details), Error>
+    where
+        T: Send,
+        F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
+    {
+        let ends = if intent.expected_sequence == Some(known.sequence) { Ends::Known(known) } else { Ends::Read };
+        self.write_from(intent, ends, state).await
+    }
+
+    async fn write_from<T, F>(&self, intent: WriteIntent, mut ends: Ends, mut state: F) -> Result<(T, Details), Error>
     where
         T: Send,
         F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
     {
         validate(&intent)?;
-        // A write that expects a new aggregate first tries without reading its last sequence (see `write_new`).
-        let mut shortcut = intent.expected_sequence == Some(0);
         // The first try shares a transaction with concurrent writes where the store batches them.
         let mut member = self.group_commit().map(GroupCommit::join);
         let attempts = self.write_attempts();
         let mut attempt = 1;
         loop {
             let outcome = match member.take() {
-                Some(member) => match try_in_batch(member, self.backend(), &intent, &mut state, shortcut).await {
+                Some(member) => match try_in_batch(member, self.backend(), &intent, &mut state, ends).await {
                     Some(outcome) => outcome,
                     None => continue,
                 },
-                None => self.try_write(&intent, &mut state, attempt, shortcut).await,
+                None => self.try_write(&intent, &mut state, attempt, ends).await,
             };
             match outcome {
                 Attempt::Done(value, details) => return Ok((value, details)),
                 Attempt::Fail(err) => return Err(err),
-                Attempt::NotNew => shortcut = false,
+                Attempt::Reread => ends = Ends::Read,
                 Attempt::Retry(cause) if attempt >= attempts => {
                     tracing::warn!(
                         aggregate_type = intent.aggregate.aggregate_type,
@@ -180,7 +256,7 @@ impl Store {
         }
     }
 
-    async fn try_write<T, F>(&self, intent: &WriteIntent, state: &mut F, attempt: u32, shortcut: bool) -> Attempt<T>
+    async fn try_write<T, F>(&self, intent: &WriteIntent, state: &mut F, attempt: u32, ends: Ends) -> Attempt<T>
     where
         T: Send,
         F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
@@ -190,11 +266,7 @@ impl Store {
             Ok(txn) => txn,
             Err(err) => return on_db_error(err, Step::Begin),
         };
-        let written = if shortcut {
-            write_new(&txn, intent, state, attempt).await
-        } else {
-            write_in(&txn, self.backend(), intent, state, attempt).await
-        };
+        let written = write_try(&txn, self.backend(), intent, state, attempt, ends).await;
         match written {
             Ok((value, details)) => match txn.commit().await {
                 Ok(()) => Attempt::Done(value, details),
@@ -245,7 +317,7 @@ async fn try_in_batch<T, F>(
     backend: Backend,
     intent: &WriteIntent,
     state: &mut F,
-    shortcut: bool,
+    ends: Ends,
 ) -> Option<Attempt<T>>
 where
     F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
@@ -255,11 +327,7 @@ where
         return None;
     };
     let first = turn.first();
-    let written = if shortcut {
-        write_new(turn.txn(), intent, state, 1).await
-    } else {
-        write_in(turn.txn(), backend, intent, state, 1).await
-    };
+    let written = write_try(turn.txn(), backend, intent, state, 1, ends).await;
     member.finish(turn, written.is_ok());
     match written {
         Ok((value, details)) => member.committed().await.then_some(Attempt::Done(value, details)),
@@ -267,7 +335,46 @@ where
     }
 }
 
-/// One try inside an open transaction; any `Err` means the transaction must be rolled back.
+/// One try inside an open transaction, finding the aggregate's ends as `ends` says; any `Err` means the
+/// transaction must be rolled back.
+async fn write_try<T, F>(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    intent: &WriteIntent,
+    state: &mut F,
+    attempt: u32,
+    ends: Ends,
+) -> Result<(T, Details), Attempt<T>>
+where
+    F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
+{
+    match ends {
+        Ends::New => write_new(txn, intent, state, attempt).await,
+        Ends::Known(known) => write_known(txn, intent, known, state, attempt).await,
+        Ends::Read => write_in(txn, backend, intent, state, attempt).await,
+    }
+}
+
+/// Runs `state`, mapping its failure to what the try does next (`Stale` only where the ends were known).
+async fn run_state<T, F>(
+    txn: &DatabaseTransaction,
+    state: &mut F,
+    context: WriteContext,
+    known: bool,
+) -> Result<T, Attempt<T>>
+where
+    F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
+{
+    match state(txn, context).await {
+        Ok(value) => Ok(value),
+        Err(StateError::Domain(err)) => Err(Attempt::Fail(err)),
+        Err(StateError::Db(err)) => Err(on_db_error(err, Step::State)),
+        Err(StateError::Stale) if known => Err(Attempt::Reread),
+        Err(StateError::Stale) => Err(Attempt::Fail(out_of_step())),
+    }
+}
+
+/// One try that reads the aggregate's ends from the log.
 async fn write_in<T, F>(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -305,11 +412,7 @@ where
     let sequence = previous_sequence.saturating_add(count);
     let context = WriteContext { previous_sequence, sequence, created_at, creation_date, attempt };
 
-    let value = match state(txn, context).await {
-        Ok(value) => value,
-        Err(StateError::Domain(err)) => return Err(Attempt::Fail(err)),
-        Err(StateError::Db(err)) => return Err(on_db_error(err, Step::State)),
-    };
+    let value = run_state(txn, state, context, false).await?;
 
     let rows = intent
         .events
@@ -350,20 +453,66 @@ where
         .map_err(Attempt::Fail)?;
     if let Err(err) = entity::Entity::insert_many(rows).exec_without_returning(txn).await {
         return Err(match classify(&err) {
-            DbErrorClass::UniqueViolation => Attempt::NotNew,
+            DbErrorClass::UniqueViolation => Attempt::Reread,
             DbErrorClass::Transient | DbErrorClass::Unavailable | DbErrorClass::Other => on_db_error(err, Step::Append),
         });
     }
     let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
     let context = WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt };
-    let value = match state(txn, context).await {
-        Ok(value) => value,
-        Err(StateError::Domain(err)) => return Err(Attempt::Fail(err)),
-        Err(StateError::Db(err)) => return Err(on_db_error(err, Step::State)),
-    };
+    let value = run_state(txn, state, context, false).await?;
     let details = Details {
         sequence,
         creation_date: created_at,
+        change_date: created_at,
+        resource_owner: intent.resource_owner.clone(),
+    };
+    Ok((value, details))
+}
+
+/// One try of a write whose caller knows the aggregate's ends from its state row, in two statements fewer
+/// than [`write_in`] on SQLite (no read of the ends; on PostgreSQL no aggregate lock either). `state` runs
+/// first and changes the row only where it still records `known.sequence`, which orders concurrent writers
+/// of the aggregate (PostgreSQL's row lock makes the later one see the earlier one's sequence); then the
+/// events go in after `known.sequence`, the unique (aggregate, sequence) key catching a log that moved on
+/// without the row. Either miss tries again the ordinary way.
+async fn write_known<T, F>(
+    txn: &DatabaseTransaction,
+    intent: &WriteIntent,
+    known: KnownEnds,
+    state: &mut F,
+    attempt: u32,
+) -> Result<(T, Details), Attempt<T>>
+where
+    F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
+{
+    // As in `write_in`: microseconds, and never before the last event.
+    let created_at = Utc::now().trunc_subsecs(6).max(known.changed_at);
+    let count = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
+    let sequence = known.sequence.saturating_add(count);
+    let context = WriteContext {
+        previous_sequence: known.sequence,
+        sequence,
+        created_at,
+        creation_date: known.created_at,
+        attempt,
+    };
+    let value = run_state(txn, state, context, true).await?;
+    let rows = intent
+        .events
+        .iter()
+        .zip(known.sequence + 1..)
+        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(Attempt::Fail)?;
+    if let Err(err) = entity::Entity::insert_many(rows).exec_without_returning(txn).await {
+        return Err(match classify(&err) {
+            DbErrorClass::UniqueViolation => Attempt::Reread,
+            DbErrorClass::Transient | DbErrorClass::Unavailable | DbErrorClass::Other => on_db_error(err, Step::Append),
+        });
+    }
+    let details = Details {
+        sequence,
+        creation_date: known.created_at,
         change_date: created_at,
         resource_owner: intent.resource_owner.clone(),
     };

@@ -295,10 +295,7 @@ impl FlowRepositories {
 
 /// A [`StateError`] met outside a write, as the core error it stands for.
 pub(super) fn state_error(err: StateError) -> flowgate_core::Error {
-    match err {
-        StateError::Domain(err) => err,
-        StateError::Db(err) => db_error(err),
-    }
+    err.into_error()
 }
 
 #[async_trait]

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::entity::{otp_challenges, sessions};
 use super::{SESSION, SessionRepositories, empty_object, micros, session_from_row, set_state, user_agent_json};
 use crate::error::db_error;
-use crate::event_log::{StateError, state};
+use crate::event_log::{KnownEnds, StateError, state};
 use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
 
 /// Error id: AlreadyExists, a session with the same token digest exists (only with a broken random source).
@@ -251,13 +251,21 @@ impl SessionRepo for SessionRepositories {
         if current.terminated_at.is_some() {
             return Err(session_terminated());
         }
+        let known = KnownEnds {
+            sequence: u64::try_from(current.sequence).unwrap_or(u64::MAX),
+            changed_at: current.changed_at,
+            created_at: current.created_at,
+        };
         let intent = session_intent(id.as_str(), actor, Some(expected_sequence), update.events.clone());
         let (row, _) = self
             .store
-            .write_returning(intent, |txn, ctx| {
-                let (id, update) = (id.as_str().to_owned(), update.clone());
+            .write_returning_known(intent, known, |txn, ctx| {
+                let (id, update, current) = (id.as_str().to_owned(), update.clone(), current.clone());
                 state(async move {
-                    let mut row = session_row(txn, &id).await?;
+                    let previous = db_sequence(ctx.previous_sequence)?;
+                    // What was read before the write is the base as long as the row still has its sequence
+                    // (every change of the row moves it), which the update below makes sure of.
+                    let mut row = if current.sequence == previous { current } else { session_row(txn, &id).await? };
                     if row.terminated_at.is_some() {
                         return Err(session_terminated().into());
                     }
@@ -265,7 +273,21 @@ impl SessionRepo for SessionRepositories {
                     row.token_hash = update.token_hash;
                     row.changed_at = ctx.created_at;
                     row.sequence = db_sequence(ctx.sequence)?;
-                    sessions::ActiveModel::from(row.clone()).reset_all().update(txn).await.map_err(session_taken)?;
+                    let updated = sessions::Entity::update_many()
+                        .set(sessions::ActiveModel::from(row.clone()).reset_all())
+                        .filter(sessions::Column::Id.eq(id.as_str()))
+                        .filter(sessions::Column::Sequence.eq(previous))
+                        .filter(sessions::Column::TerminatedAt.is_null())
+                        .exec(txn)
+                        .await
+                        .map_err(session_taken)?;
+                    if updated.rows_affected == 0 {
+                        // Gone, terminated, or changed since it was read: say which.
+                        if session_row(txn, &id).await?.terminated_at.is_some() {
+                            return Err(session_terminated().into());
+                        }
+                        return Err(StateError::Stale);
+                    }
                     put_challenges(txn, &id, &update.challenges, ctx.created_at).await?;
                     Ok(row)
                 })

@@ -11,7 +11,7 @@ use flowgate_core::system::StoreStatus;
 use flowgate_core::{Error, ErrorKind};
 use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
 use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
-use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
+use flowgate_store::{Backend, KnownEnds, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
 const LATEST_MIGRATION: &str = "m20261124_000006_session_notify";
@@ -42,6 +42,7 @@ scenarios!(
     collision_is_retried_without_gaps,
     persistent_collision_gives_up,
     concurrent_writes_keep_their_own_outcomes,
+    known_ends_skip_the_read_and_fall_back_when_stale,
 );
 
 fn aggregate(id: &str) -> AggregateRef {
@@ -123,6 +124,65 @@ async fn increment(txn: &DatabaseTransaction, id: &str, ctx: WriteContext) -> Re
         }
     }
     Ok(())
+}
+
+/// A counter update based on the row as read: only where the row still has the sequence the write is based on.
+async fn increment_known(txn: &DatabaseTransaction, id: &str, ctx: WriteContext) -> Result<(), StateError> {
+    let small = |n: u64| i64::try_from(n).expect("small");
+    let update = Query::update()
+        .table(Alias::new("counters"))
+        .values([
+            (Alias::new("value"), Expr::col(Alias::new("value")).add(1)),
+            (Alias::new("sequence"), small(ctx.sequence).into()),
+        ])
+        .and_where(Expr::col(Alias::new("id")).eq(id))
+        .and_where(Expr::col(Alias::new("sequence")).eq(small(ctx.previous_sequence)))
+        .to_owned();
+    match txn.execute(&update).await?.rows_affected() {
+        0 => Err(StateError::Stale),
+        _ => Ok(()),
+    }
+}
+
+/// Writes "k" based on `known`, expecting `expected`.
+async fn write_known(store: &Store, expected: u64, known: KnownEnds) -> Result<flowgate_core::event::Details, Error> {
+    let intent = intent("k", Some(expected), &["counter.incremented"]);
+    let written = store.write_returning_known(intent, known, |txn, ctx| state(increment_known(txn, "k", ctx)));
+    written.await.map(|((), details)| details)
+}
+
+async fn known_ends_skip_the_read_and_fall_back_when_stale(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    let first = store
+        .write(intent("k", Some(0), &["counter.added"]), |txn, ctx| {
+            state(async move { Ok(insert_counter(txn, "k", 1, ctx.sequence).await?) })
+        })
+        .await
+        .expect("create");
+    let known = KnownEnds { sequence: 1, changed_at: first.change_date, created_at: first.creation_date };
+
+    // Ends as the row recorded them: written after them, dated from the first event.
+    let second = write_known(store, 1, known).await.expect("known ends");
+    assert_eq!((second.sequence, second.creation_date), (2, first.creation_date));
+    assert!(second.change_date >= first.change_date);
+    assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
+
+    // The row moved on since it was read: the ordinary way reports the mismatch.
+    assert_kind(write_known(store, 1, known).await, ErrorKind::Aborted, "STORE-sequence-mismatch");
+    assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
+
+    // The log moved on without the row: the events' key catches it, and the row's update is rolled back.
+    store.append(intent("k", None, &["counter.noted"])).await.expect("event without state");
+    let lagging = KnownEnds { sequence: 2, changed_at: second.change_date, created_at: first.creation_date };
+    assert_kind(write_known(store, 2, lagging).await, ErrorKind::Aborted, "STORE-sequence-mismatch");
+    assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
+
+    // Read the ordinary way (known ends other than the expected sequence), a row out of step with the log is
+    // a bug, not a conflict to retry.
+    assert_kind(write_known(store, 3, lagging).await, ErrorKind::Internal, "STORE-state-out-of-step");
+    assert_eq!(sequences(store, "k").await, [1, 2, 3]);
+    assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
 }
 
 async fn migrate_is_idempotent(store: &Store) {
