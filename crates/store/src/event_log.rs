@@ -187,13 +187,15 @@ impl Store {
 
     /// [`Store::write_returning`] for a write based on what the caller read from the aggregate's state row,
     /// which records the aggregate's `known` ends: the first try takes them from there instead of reading the
-    /// log (one statement fewer on the single writer), when `intent.expected_sequence` is `known.sequence`.
+    /// log (one statement fewer on the single writer), when `intent.expected_sequence` is `known.sequence`
+    /// or none (then the known ends are only where the first try starts).
     ///
     /// `state` must change the state row only where it still records the sequence the write is based on
     /// ([`WriteContext::previous_sequence`]) and return [`StateError::Stale`] when it does not; the events
     /// then go in after that sequence, the unique (aggregate, sequence) key catching a log that moved on
     /// anyway. Either way nothing is kept and the write is tried again at once the ordinary way, which reads
-    /// the log and reports the sequence mismatch (or writes, if the row had only been read early). Under the
+    /// the log and reports the sequence mismatch (or writes, if the row had only been read early or no
+    /// sequence was expected). Under the
     /// ordinary way `Stale` means the row disagrees with the log, and fails as an internal error.
     pub async fn write_returning_known<T, F>(
         &self,
@@ -205,7 +207,10 @@ impl Store {
         T: Send,
         F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
     {
-        let ends = if intent.expected_sequence == Some(known.sequence) { Ends::Known(known) } else { Ends::Read };
+        let ends = match intent.expected_sequence {
+            Some(expected) if expected != known.sequence => Ends::Read,
+            Some(_) | None => Ends::Known(known),
+        };
         self.write_from(intent, ends, state).await
     }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::entity::{otp_challenges, sessions};
 use super::{SESSION, SessionRepositories, empty_object, micros, session_from_row, set_state, user_agent_json};
 use crate::error::db_error;
-use crate::event_log::{KnownEnds, StateError, state};
+use crate::event_log::{KnownEnds, StateError, StateFuture, WriteContext, state};
 use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
 
 /// Error id: AlreadyExists, a session with the same token digest exists (only with a broken random source).
@@ -38,6 +38,20 @@ fn session_taken(err: sea_orm::DbErr) -> StateError {
         &[("token_hash", SESSION_TOKEN_HASH_TAKEN, "a session with this token digest exists already")],
         (SESSION_ID_TAKEN, "a session with this id exists already"),
     )
+}
+
+/// Rolls a termination back when another one got there first (its event too).
+fn already_terminated() -> StateError {
+    Error::new(ErrorKind::Aborted, ALREADY_TERMINATED, "terminated already").into()
+}
+
+/// The aggregate's ends as the session row records them.
+fn known_ends(row: &sessions::Model) -> KnownEnds {
+    KnownEnds {
+        sequence: u64::try_from(row.sequence).unwrap_or(u64::MAX),
+        changed_at: row.changed_at,
+        created_at: row.created_at,
+    }
 }
 
 fn session_not_found() -> Error {
@@ -97,6 +111,47 @@ async fn session_row(txn: &DatabaseTransaction, id: &str) -> Result<sessions::Mo
     Ok(sessions::Entity::find_by_id(id).one(txn).await?.ok_or_else(session_not_found)?)
 }
 
+/// The state of a termination: session `id` terminated, starting from `read` (the row as read before the
+/// write) while it still has the sequence the write is based on.
+fn terminate_row(
+    txn: &DatabaseTransaction,
+    ctx: WriteContext,
+    id: String,
+    read: Option<sessions::Model>,
+) -> StateFuture<'_, DateTime<Utc>> {
+    state(async move {
+        let previous = db_sequence(ctx.previous_sequence)?;
+        let row = match read {
+            Some(row) if row.sequence == previous => row,
+            Some(_) | None => session_row(txn, &id).await?,
+        };
+        if row.terminated_at.is_some() {
+            return Err(already_terminated());
+        }
+        let updated = sessions::Entity::update_many()
+            .col_expr(sessions::Column::TerminatedAt, Expr::value(ctx.created_at))
+            .col_expr(sessions::Column::ChangedAt, Expr::value(ctx.created_at))
+            .col_expr(sessions::Column::Sequence, Expr::value(db_sequence(ctx.sequence)?))
+            .filter(sessions::Column::Id.eq(id.as_str()))
+            .filter(sessions::Column::Sequence.eq(previous))
+            .filter(sessions::Column::TerminatedAt.is_null())
+            .exec(txn)
+            .await?;
+        if updated.rows_affected == 0 {
+            if session_row(txn, &id).await?.terminated_at.is_some() {
+                return Err(already_terminated());
+            }
+            return Err(StateError::Stale);
+        }
+        // Codes of a terminated session can never be used: no reason to keep their digests.
+        otp_challenges::Entity::delete_many()
+            .filter(otp_challenges::Column::SessionId.eq(id.as_str()))
+            .exec(txn)
+            .await?;
+        Ok(row.created_at)
+    })
+}
+
 /// `column <method> at`.
 fn compare(column: sessions::Column, at: DateTime<Utc>, method: TimestampMethod) -> Expr {
     let column = Expr::col(column);
@@ -134,34 +189,22 @@ fn session_condition(filters: &[SessionFilter]) -> Condition {
 }
 
 impl SessionRepositories {
-    /// Terminates session `id` in one write; `None` when it is terminated already (nothing written).
-    async fn terminate_one(&self, id: &str, actor: &str) -> Result<Option<Details>> {
+    /// Terminates session `id` in one write, starting from `read` (the row as read just before) when given;
+    /// `None` when it is terminated already (nothing written).
+    async fn terminate_one(&self, id: &str, actor: &str, read: Option<&sessions::Model>) -> Result<Option<Details>> {
         let events = vec![event("session.terminated", json!({}))];
-        let written = self
-            .store
-            .write_returning(session_intent(id, actor, None, events), |txn, ctx| {
-                let id = id.to_owned();
-                state(async move {
-                    let row = session_row(txn, &id).await?;
-                    if row.terminated_at.is_some() {
-                        // Rolls the event back too: a concurrent termination got there first.
-                        return Err(Error::new(ErrorKind::Aborted, ALREADY_TERMINATED, "terminated already").into());
-                    }
-                    let created_at = row.created_at;
-                    let mut active = sessions::ActiveModel::from(row);
-                    active.terminated_at = sea_orm::Set(Some(ctx.created_at));
-                    active.changed_at = sea_orm::Set(ctx.created_at);
-                    active.sequence = sea_orm::Set(db_sequence(ctx.sequence)?);
-                    active.update(txn).await?;
-                    // Codes of a terminated session can never be used: no reason to keep their digests.
-                    otp_challenges::Entity::delete_many()
-                        .filter(otp_challenges::Column::SessionId.eq(id.as_str()))
-                        .exec(txn)
-                        .await?;
-                    Ok(created_at)
-                })
-            })
-            .await;
+        let intent = session_intent(id, actor, None, events);
+        let written = match read {
+            Some(row) => {
+                let known = known_ends(row);
+                self.store
+                    .write_returning_known(intent, known, |txn, ctx| {
+                        terminate_row(txn, ctx, id.to_owned(), Some(row.clone()))
+                    })
+                    .await
+            }
+            None => self.store.write_returning(intent, |txn, ctx| terminate_row(txn, ctx, id.to_owned(), None)).await,
+        };
         match written {
             Ok((created_at, details)) => Ok(Some(Details { creation_date: created_at, ..details })),
             Err(err) if err.id() == ALREADY_TERMINATED => Ok(None),
@@ -251,11 +294,7 @@ impl SessionRepo for SessionRepositories {
         if current.terminated_at.is_some() {
             return Err(session_terminated());
         }
-        let known = KnownEnds {
-            sequence: u64::try_from(current.sequence).unwrap_or(u64::MAX),
-            changed_at: current.changed_at,
-            created_at: current.created_at,
-        };
+        let known = known_ends(&current);
         let intent = session_intent(id.as_str(), actor, Some(expected_sequence), update.events.clone());
         let (row, _) = self
             .store
@@ -310,7 +349,7 @@ impl SessionRepo for SessionRepositories {
     async fn terminate(&self, id: &SessionId, actor: &str) -> Result<Details> {
         let row = self.find(id.as_str()).await?.ok_or_else(session_not_found)?;
         if row.terminated_at.is_none()
-            && let Some(details) = self.terminate_one(id.as_str(), actor).await?
+            && let Some(details) = self.terminate_one(id.as_str(), actor, Some(&row)).await?
         {
             return Ok(details);
         }
@@ -332,7 +371,7 @@ impl SessionRepo for SessionRepositories {
             .map_err(db_error)?;
         let mut terminated = 0;
         for id in ids {
-            if self.terminate_one(&id, actor).await?.is_some() {
+            if self.terminate_one(&id, actor, None).await?.is_some() {
                 terminated += 1;
             }
         }
