@@ -485,19 +485,27 @@ impl Bench {
         }
         eprintln!("creating sessions for delete-session …");
         let client = self.client(Protocol::Grpc, self.target.addr, Some(&fixtures.login_token)).await?;
-        let f = Arc::clone(fixtures);
-        // Creating takes about as long as deleting: one warm-up plus one window's worth of creations.
-        let drive = Drive {
-            warmup: Duration::ZERO,
-            duration: self.args.warmup + self.args.duration,
-            in_flight: self.args.in_flight,
-            rate: None,
-            pid: None,
-        };
-        let made =
-            load::run(&drive, move |_, seq| scenario::create_session(client.clone(), Arc::clone(&f), seq, false)).await;
-        if made.ok == 0 {
-            return Err(format!("could not create sessions to delete: {:?}", made.errors));
+        // One round creates a warm-up plus a window's worth; deleting can be faster than creating, so
+        // rounds go on until the stock suffices (a few at most: the rates differ by less than 2×).
+        for _ in 0..4 {
+            let f = Arc::clone(fixtures);
+            let client = client.clone();
+            let drive = Drive {
+                warmup: Duration::ZERO,
+                duration: self.args.warmup + self.args.duration,
+                in_flight: self.args.in_flight,
+                rate: None,
+                pid: None,
+            };
+            let made =
+                load::run(&drive, move |_, seq| scenario::create_session(client.clone(), Arc::clone(&f), seq, false))
+                    .await;
+            if made.ok == 0 {
+                return Err(format!("could not create sessions to delete: {:?}", made.errors));
+            }
+            if fixtures.stock.lock().len() >= needed {
+                break;
+            }
         }
         Ok(())
     }
