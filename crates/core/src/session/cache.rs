@@ -180,22 +180,16 @@ impl SessionRepo for CachedSessionRepo {
         self.inner.get_by_token_hash(token_hash).await
     }
 
-    async fn apply(
-        &self,
-        id: &SessionId,
-        expected_sequence: u64,
-        update: &SessionUpdate,
-        actor: &str,
-    ) -> Result<Session> {
-        self.writing(id, self.inner.apply(id, expected_sequence, update, actor)).await
+    async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, actor: &str) -> Result<Session> {
+        self.writing(id, self.inner.apply(id, read, update, actor)).await
     }
 
     async fn list(&self, filters: &[SessionFilter], q: &ListQuery) -> Result<Page<Session>> {
         self.inner.list(filters, q).await
     }
 
-    async fn terminate(&self, id: &SessionId, actor: &str) -> Result<Details> {
-        self.writing(id, self.inner.terminate(id, actor)).await
+    async fn terminate(&self, id: &SessionId, read: Option<&Details>, actor: &str) -> Result<Details> {
+        self.writing(id, self.inner.terminate(id, read, actor)).await
     }
 
     async fn terminate_all_of_user(&self, user: &UserId, actor: &str) -> Result<u64> {
@@ -300,10 +294,10 @@ mod tests {
             Ok(rows.values().find(|row| row.token_hash == hash).map(|row| row.session.clone()))
         }
 
-        async fn apply(&self, id: &SessionId, expected: u64, update: &SessionUpdate, _: &str) -> Result<Session> {
+        async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, _: &str) -> Result<Session> {
             let mut rows = self.rows.write().unwrap();
             let row = rows.get_mut(id).ok_or_else(|| Error::new(ErrorKind::NotFound, "X", "missing"))?;
-            if row.session.details.sequence != expected {
+            if row.session.details.sequence != read.sequence {
                 return Err(Error::new(ErrorKind::Aborted, "X", "sequence"));
             }
             row.session.metadata = update.state.metadata.clone();
@@ -317,7 +311,7 @@ mod tests {
             Ok(Page { total: items.len() as u64, items })
         }
 
-        async fn terminate(&self, id: &SessionId, _: &str) -> Result<Details> {
+        async fn terminate(&self, id: &SessionId, _: Option<&Details>, _: &str) -> Result<Details> {
             let mut rows = self.rows.write().unwrap();
             let row = rows.get_mut(id).ok_or_else(|| Error::new(ErrorKind::NotFound, "X", "missing"))?;
             row.session.terminated = true;
@@ -381,16 +375,17 @@ mod tests {
             cache.get(id).await.unwrap();
         }
 
-        cache.apply(&s1, 1, &update("new"), "a").await.unwrap();
+        let read = cache.get(&s1).await.unwrap().unwrap().session.details;
+        cache.apply(&s1, &read, &update("new"), "a").await.unwrap();
         let after = cache.get(&s1).await.unwrap().unwrap();
         assert_eq!((after.session.details.sequence, after.token_hash.as_str()), (2, "new"));
 
         // A failed write forgets too: the cache cannot know how far it got.
-        assert!(cache.apply(&s1, 1, &update("stale"), "a").await.is_err());
+        assert!(cache.apply(&s1, &read, &update("stale"), "a").await.is_err());
         assert_eq!(cache.len(), 2);
 
         cache.get(&s1).await.unwrap();
-        cache.terminate(&s1, "a").await.unwrap();
+        cache.terminate(&s1, None, "a").await.unwrap();
         assert!(cache.get(&s1).await.unwrap().unwrap().session.terminated);
 
         // Ending every session of u1 forgets u1's sessions and keeps u2's.
@@ -416,7 +411,7 @@ mod tests {
             async move { cache.get(&SessionId::from("s1")).await }
         });
         hold.0.notified().await;
-        cache.terminate(&SessionId::from("s1"), "a").await.unwrap();
+        cache.terminate(&SessionId::from("s1"), None, "a").await.unwrap();
         hold.1.notify_one();
         let raced = reader.await.unwrap().unwrap().unwrap();
         assert!(!raced.session.terminated, "the racing read answers what it saw");

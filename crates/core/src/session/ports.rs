@@ -101,22 +101,18 @@ pub trait SessionRepo: Send + Sync {
     /// The session whose current token hash equals `token_hash` exactly (terminated or not).
     async fn get_by_token_hash(&self, token_hash: &str) -> Result<Option<Session>>;
     /// Replaces the state and token hash, stores the challenges and appends the events, only if the
-    /// session's last sequence is `expected_sequence` (else Aborted) and it is not terminated (else
-    /// FailedPrecondition [`SESSION_TERMINATED`]). Missing ⇒ NotFound [`SESSION_NOT_FOUND`].
-    async fn apply(
-        &self,
-        id: &SessionId,
-        expected_sequence: u64,
-        update: &SessionUpdate,
-        actor: &str,
-    ) -> Result<Session>;
+    /// session's last sequence is still `read.sequence` (else Aborted) and it is not terminated (else
+    /// FailedPrecondition [`SESSION_TERMINATED`]). Missing ⇒ NotFound [`SESSION_NOT_FOUND`]. `read` is the
+    /// session's details as the caller read them; its dates spare the store reading them again.
+    async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, actor: &str) -> Result<Session>;
     /// Non-terminated sessions matching all `filters`, ordered by creation date (`q.asc`), then id;
     /// `q.limit` is 1..=1000.
     async fn list(&self, filters: &[SessionFilter], q: &ListQuery) -> Result<Page<Session>>;
     /// Marks the session terminated (event `session.terminated`, empty payload) and answers the new details;
     /// when it is terminated already, answers its details without writing. Missing ⇒ NotFound
-    /// [`SESSION_NOT_FOUND`].
-    async fn terminate(&self, id: &SessionId, actor: &str) -> Result<Details>;
+    /// [`SESSION_NOT_FOUND`]. `read`: the session's details as the caller read them, if it did (where the
+    /// store may start; a session changed since is terminated all the same).
+    async fn terminate(&self, id: &SessionId, read: Option<&Details>, actor: &str) -> Result<Details>;
     /// Terminates every non-terminated session whose checked user is `user` (one `session.terminated`
     /// event on each); answers how many were terminated.
     async fn terminate_all_of_user(&self, user: &UserId, actor: &str) -> Result<u64>;

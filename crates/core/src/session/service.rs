@@ -445,7 +445,7 @@ impl Sessions {
             challenges,
             events,
         };
-        let session = self.repos().sessions.apply(id, session.details.sequence, &update, ctx.actor()).await?;
+        let session = self.repos().sessions.apply(id, &session.details, &update, ctx.actor()).await?;
         Ok((session, token.token, returned))
     }
 
@@ -830,7 +830,7 @@ impl Sessions {
         if stored.session.terminated {
             return Ok(stored.session.details);
         }
-        self.repos().sessions.terminate(id, ctx.actor()).await
+        self.repos().sessions.terminate(id, Some(&stored.session.details), ctx.actor()).await
     }
 
     /// Bearer path: the checked user of the unexpired, non-terminated session whose token is `token`

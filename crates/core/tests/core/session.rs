@@ -358,13 +358,8 @@ impl SessionRepo for Fake {
         let db = self.db.lock().await;
         Ok(db.sessions.iter().find(|r| r.token_hash == token_hash).map(|r| r.session.clone()))
     }
-    async fn apply(
-        &self,
-        id: &SessionId,
-        expected_sequence: u64,
-        update: &SessionUpdate,
-        _actor: &str,
-    ) -> Result<Session> {
+    async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, _actor: &str) -> Result<Session> {
+        let expected_sequence = read.sequence;
         let mut db = self.db.lock().await;
         let row = db.sessions.iter_mut().find(|r| r.session.id == *id).ok_or_else(|| not_found(SESSION_NOT_FOUND))?;
         if row.session.terminated {
@@ -397,7 +392,7 @@ impl SessionRepo for Fake {
         }
         Ok(page(items, q))
     }
-    async fn terminate(&self, id: &SessionId, _actor: &str) -> Result<Details> {
+    async fn terminate(&self, id: &SessionId, _read: Option<&Details>, _actor: &str) -> Result<Details> {
         let mut db = self.db.lock().await;
         let row = db.sessions.iter_mut().find(|r| r.session.id == *id).ok_or_else(|| not_found(SESSION_NOT_FOUND))?;
         if !row.session.terminated {

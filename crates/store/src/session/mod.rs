@@ -22,6 +22,7 @@ use flowgate_core::Result;
 use flowgate_core::identity::{OrgId, UserId};
 use flowgate_core::session::ports::{INSTANCE_OWNER, SessionRepos, SessionState};
 use flowgate_core::session::{Factors, Session, UserAgent, UserFactor};
+use sea_orm::Set;
 use serde_json::{Map, Value, json};
 
 use self::entity::sessions;
@@ -70,6 +71,66 @@ fn set_state(row: &mut sessions::Model, state: &SessionState) {
     row.intent_checked_at = intent.map(micros);
     row.metadata = metadata_json(&state.metadata);
     row.expiration = state.expiration.map(micros);
+}
+
+/// A row of session `id` with nothing checked, no metadata and no dates yet.
+fn blank_row(id: String, creator: String, token_hash: String) -> sessions::Model {
+    sessions::Model {
+        id,
+        creator,
+        user_id: None,
+        user_login_name: None,
+        user_display_name: None,
+        user_org_id: None,
+        user_checked_at: None,
+        password_checked_at: None,
+        totp_checked_at: None,
+        otp_sms_checked_at: None,
+        otp_email_checked_at: None,
+        intent_checked_at: None,
+        token_hash,
+        metadata: empty_object(),
+        user_agent: None,
+        fingerprint_id: None,
+        expiration: None,
+        terminated_at: None,
+        created_at: DateTime::<Utc>::MIN_UTC,
+        changed_at: DateTime::<Utc>::MIN_UTC,
+        sequence: 0,
+    }
+}
+
+/// Sets the state columns of `active` to `state`, exactly as [`set_state`] fills a row.
+fn set_active_state(active: &mut sessions::ActiveModel, state: &SessionState) {
+    let mut row = blank_row(String::new(), String::new(), String::new());
+    set_state(&mut row, state);
+    let sessions::Model {
+        user_id,
+        user_login_name,
+        user_display_name,
+        user_org_id,
+        user_checked_at,
+        password_checked_at,
+        totp_checked_at,
+        otp_sms_checked_at,
+        otp_email_checked_at,
+        intent_checked_at,
+        metadata,
+        expiration,
+        ..
+    } = row;
+    active.user_id = Set(user_id);
+    active.user_login_name = Set(user_login_name);
+    active.user_display_name = Set(user_display_name);
+    active.user_org_id = Set(user_org_id);
+    active.user_checked_at = Set(user_checked_at);
+    active.password_checked_at = Set(password_checked_at);
+    active.totp_checked_at = Set(totp_checked_at);
+    active.otp_sms_checked_at = Set(otp_sms_checked_at);
+    active.otp_email_checked_at = Set(otp_email_checked_at);
+    active.intent_checked_at = Set(intent_checked_at);
+    active.metadata = Set(metadata);
+    active.expiration = Set(expiration);
 }
 
 /// The domain object of a session row.

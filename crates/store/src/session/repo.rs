@@ -18,7 +18,9 @@ use sea_orm::{
 use serde_json::json;
 
 use super::entity::{otp_challenges, sessions};
-use super::{SESSION, SessionRepositories, empty_object, micros, session_from_row, set_state, user_agent_json};
+use super::{
+    SESSION, SessionRepositories, blank_row, micros, session_from_row, set_active_state, set_state, user_agent_json,
+};
 use crate::error::db_error;
 use crate::event_log::{KnownEnds, StateError, StateFuture, WriteContext, state};
 use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
@@ -45,13 +47,9 @@ fn already_terminated() -> StateError {
     Error::new(ErrorKind::Aborted, ALREADY_TERMINATED, "terminated already").into()
 }
 
-/// The aggregate's ends as the session row records them.
-fn known_ends(row: &sessions::Model) -> KnownEnds {
-    KnownEnds {
-        sequence: u64::try_from(row.sequence).unwrap_or(u64::MAX),
-        changed_at: row.changed_at,
-        created_at: row.created_at,
-    }
+/// The aggregate's ends as a caller read them from the session (the row records them with every write).
+fn known_ends(read: &Details) -> KnownEnds {
+    KnownEnds { sequence: read.sequence, changed_at: read.change_date, created_at: read.creation_date }
 }
 
 fn session_not_found() -> Error {
@@ -111,23 +109,11 @@ async fn session_row(txn: &DatabaseTransaction, id: &str) -> Result<sessions::Mo
     Ok(sessions::Entity::find_by_id(id).one(txn).await?.ok_or_else(session_not_found)?)
 }
 
-/// The state of a termination: session `id` terminated, starting from `read` (the row as read before the
-/// write) while it still has the sequence the write is based on.
-fn terminate_row(
-    txn: &DatabaseTransaction,
-    ctx: WriteContext,
-    id: String,
-    read: Option<sessions::Model>,
-) -> StateFuture<'_, DateTime<Utc>> {
+/// The state of a termination: session `id` terminated where it still has the sequence the write is based
+/// on; answers its creation time.
+fn terminate_row(txn: &DatabaseTransaction, ctx: WriteContext, id: String) -> StateFuture<'_, DateTime<Utc>> {
     state(async move {
         let previous = db_sequence(ctx.previous_sequence)?;
-        let row = match read {
-            Some(row) if row.sequence == previous => row,
-            Some(_) | None => session_row(txn, &id).await?,
-        };
-        if row.terminated_at.is_some() {
-            return Err(already_terminated());
-        }
         let updated = sessions::Entity::update_many()
             .col_expr(sessions::Column::TerminatedAt, Expr::value(ctx.created_at))
             .col_expr(sessions::Column::ChangedAt, Expr::value(ctx.created_at))
@@ -135,14 +121,15 @@ fn terminate_row(
             .filter(sessions::Column::Id.eq(id.as_str()))
             .filter(sessions::Column::Sequence.eq(previous))
             .filter(sessions::Column::TerminatedAt.is_null())
-            .exec(txn)
+            .exec_with_returning(txn)
             .await?;
-        if updated.rows_affected == 0 {
+        let Some(row) = updated.into_iter().next() else {
+            // Gone (NotFound), terminated by someone else first, or changed since it was read: say which.
             if session_row(txn, &id).await?.terminated_at.is_some() {
                 return Err(already_terminated());
             }
             return Err(StateError::Stale);
-        }
+        };
         // Codes of a terminated session can never be used: no reason to keep their digests.
         otp_challenges::Entity::delete_many()
             .filter(otp_challenges::Column::SessionId.eq(id.as_str()))
@@ -189,21 +176,17 @@ fn session_condition(filters: &[SessionFilter]) -> Condition {
 }
 
 impl SessionRepositories {
-    /// Terminates session `id` in one write, starting from `read` (the row as read just before) when given;
-    /// `None` when it is terminated already (nothing written).
-    async fn terminate_one(&self, id: &str, actor: &str, read: Option<&sessions::Model>) -> Result<Option<Details>> {
+    /// Terminates session `id` in one write, starting from the ends the caller `read` when given; `None`
+    /// when it is terminated already (nothing written).
+    async fn terminate_one(&self, id: &str, actor: &str, read: Option<&Details>) -> Result<Option<Details>> {
         let events = vec![event("session.terminated", json!({}))];
         let intent = session_intent(id, actor, None, events);
         let written = match read {
-            Some(row) => {
-                let known = known_ends(row);
-                self.store
-                    .write_returning_known(intent, known, |txn, ctx| {
-                        terminate_row(txn, ctx, id.to_owned(), Some(row.clone()))
-                    })
-                    .await
+            Some(read) => {
+                let known = known_ends(read);
+                self.store.write_returning_known(intent, known, |txn, ctx| terminate_row(txn, ctx, id.to_owned())).await
             }
-            None => self.store.write_returning(intent, |txn, ctx| terminate_row(txn, ctx, id.to_owned(), None)).await,
+            None => self.store.write_returning(intent, |txn, ctx| terminate_row(txn, ctx, id.to_owned())).await,
         };
         match written {
             Ok((created_at, details)) => Ok(Some(Details { creation_date: created_at, ..details })),
@@ -220,29 +203,9 @@ impl SessionRepositories {
 #[async_trait]
 impl SessionRepo for SessionRepositories {
     async fn create(&self, record: &NewSessionRecord, actor: &str) -> Result<Session> {
-        let mut template = sessions::Model {
-            id: record.id.as_str().to_owned(),
-            creator: record.creator.clone(),
-            user_id: None,
-            user_login_name: None,
-            user_display_name: None,
-            user_org_id: None,
-            user_checked_at: None,
-            password_checked_at: None,
-            totp_checked_at: None,
-            otp_sms_checked_at: None,
-            otp_email_checked_at: None,
-            intent_checked_at: None,
-            token_hash: record.token_hash.clone(),
-            metadata: empty_object(),
-            user_agent: record.user_agent.as_ref().map(user_agent_json),
-            fingerprint_id: record.user_agent.as_ref().and_then(|a| a.fingerprint_id.clone()),
-            expiration: None,
-            terminated_at: None,
-            created_at: DateTime::<Utc>::MIN_UTC,
-            changed_at: DateTime::<Utc>::MIN_UTC,
-            sequence: 0,
-        };
+        let mut template = blank_row(record.id.as_str().to_owned(), record.creator.clone(), record.token_hash.clone());
+        template.user_agent = record.user_agent.as_ref().map(user_agent_json);
+        template.fingerprint_id = record.user_agent.as_ref().and_then(|a| a.fingerprint_id.clone());
         set_state(&mut template, &record.state);
         let intent = session_intent(record.id.as_str(), actor, Some(0), record.events.clone());
         let (row, _) = self
@@ -281,52 +244,38 @@ impl SessionRepo for SessionRepositories {
         row.map(session_from_row).transpose()
     }
 
-    async fn apply(
-        &self,
-        id: &SessionId,
-        expected_sequence: u64,
-        update: &SessionUpdate,
-        actor: &str,
-    ) -> Result<Session> {
-        // Answered before the write: a missing or terminated session would otherwise surface as a
-        // sequence mismatch.
-        let current = self.find(id.as_str()).await?.ok_or_else(session_not_found)?;
-        if current.terminated_at.is_some() {
-            return Err(session_terminated());
-        }
-        let known = known_ends(&current);
-        let intent = session_intent(id.as_str(), actor, Some(expected_sequence), update.events.clone());
+    async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, actor: &str) -> Result<Session> {
+        // The row records the ends the caller read; the write starts from them (see `write_returning_known`).
+        let intent = session_intent(id.as_str(), actor, Some(read.sequence), update.events.clone());
         let (row, _) = self
             .store
-            .write_returning_known(intent, known, |txn, ctx| {
-                let (id, update, current) = (id.as_str().to_owned(), update.clone(), current.clone());
+            .write_returning_known(intent, known_ends(read), |txn, ctx| {
+                let (id, update) = (id.as_str().to_owned(), update.clone());
                 state(async move {
                     let previous = db_sequence(ctx.previous_sequence)?;
-                    // What was read before the write is the base as long as the row still has its sequence
-                    // (every change of the row moves it), which the update below makes sure of.
-                    let mut row = if current.sequence == previous { current } else { session_row(txn, &id).await? };
-                    if row.terminated_at.is_some() {
-                        return Err(session_terminated().into());
-                    }
-                    set_state(&mut row, &update.state);
-                    row.token_hash = update.token_hash;
-                    row.changed_at = ctx.created_at;
-                    row.sequence = db_sequence(ctx.sequence)?;
+                    // Only what changes is written; the row comes back whole.
+                    let mut changes = sessions::ActiveModel {
+                        token_hash: sea_orm::Set(update.token_hash),
+                        changed_at: sea_orm::Set(ctx.created_at),
+                        sequence: sea_orm::Set(db_sequence(ctx.sequence)?),
+                        ..Default::default()
+                    };
+                    set_active_state(&mut changes, &update.state);
                     let updated = sessions::Entity::update_many()
-                        .set(sessions::ActiveModel::from(row.clone()).reset_all())
+                        .set(changes)
                         .filter(sessions::Column::Id.eq(id.as_str()))
                         .filter(sessions::Column::Sequence.eq(previous))
                         .filter(sessions::Column::TerminatedAt.is_null())
-                        .exec(txn)
+                        .exec_with_returning(txn)
                         .await
                         .map_err(session_taken)?;
-                    if updated.rows_affected == 0 {
-                        // Gone, terminated, or changed since it was read: say which.
+                    let Some(row) = updated.into_iter().next() else {
+                        // Gone (NotFound), terminated, or changed since it was read: say which.
                         if session_row(txn, &id).await?.terminated_at.is_some() {
                             return Err(session_terminated().into());
                         }
                         return Err(StateError::Stale);
-                    }
+                    };
                     put_challenges(txn, &id, &update.challenges, ctx.created_at).await?;
                     Ok(row)
                 })
@@ -346,11 +295,8 @@ impl SessionRepo for SessionRepositories {
         Ok(Page { items: rows.into_iter().map(session_from_row).collect::<Result<_>>()?, total })
     }
 
-    async fn terminate(&self, id: &SessionId, actor: &str) -> Result<Details> {
-        let row = self.find(id.as_str()).await?.ok_or_else(session_not_found)?;
-        if row.terminated_at.is_none()
-            && let Some(details) = self.terminate_one(id.as_str(), actor, Some(&row)).await?
-        {
+    async fn terminate(&self, id: &SessionId, read: Option<&Details>, actor: &str) -> Result<Details> {
+        if let Some(details) = self.terminate_one(id.as_str(), actor, read).await? {
             return Ok(details);
         }
         // Terminated already (perhaps just now, by a concurrent call): its details as they are.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use flowgate_core::ErrorKind;
-use flowgate_core::event::{AggregateRef, NewEvent};
+use flowgate_core::event::{AggregateRef, Details, NewEvent};
 use flowgate_core::identity::ports::{NewOrgRecord, NewUserKind, NewUserRecord, UserStateChange};
 use flowgate_core::identity::{Email, ListQuery, OrgId, Profile, UserId, UserState, org_primary_domain};
 use flowgate_core::session::ports::{
@@ -18,6 +18,16 @@ use flowgate_store::{Backend, SessionChange, Store, identity, session};
 use serde_json::json;
 
 use crate::common::scenarios;
+
+/// The details of session `id` as a caller reads them before changing it.
+async fn read(repos: &SessionRepos, id: &str) -> Details {
+    repos.sessions.get(&SessionId::from(id)).await.expect("get").expect("exists").session.details
+}
+
+/// `details` with another sequence: what a caller holding an out-of-date copy passes.
+fn at_sequence(details: &Details, sequence: u64) -> Details {
+    Details { sequence, ..details.clone() }
+}
 
 scenarios!(
     config = crate::common::default_config, migrate = true;
@@ -300,7 +310,7 @@ async fn list_filters_and_paging(store: &Store) {
     assert_eq!((ids(&tail.items), tail.total), (all(&[1]), 3));
 
     // Terminated sessions are left out of every list.
-    repos.sessions.terminate(&SessionId::from("s3"), ACTOR).await.expect("terminate");
+    repos.sessions.terminate(&SessionId::from("s3"), None, ACTOR).await.expect("terminate");
     assert_eq!(ids(&list(vec![SessionFilter::UserId("bob".into())]).await.items), all(&[1, 5]));
     assert_eq!(list(vec![]).await.total, 6);
 }
@@ -332,7 +342,8 @@ async fn token_rotation_and_expected_sequence(store: &Store) {
         }],
         events: vec![event("session.user.checked"), event("session.password.checked")],
     };
-    let changed = repos.sessions.apply(&SessionId::from("s1"), 1, &update, ACTOR).await.expect("apply");
+    let changed =
+        repos.sessions.apply(&SessionId::from("s1"), &read(&repos, "s1").await, &update, ACTOR).await.expect("apply");
     assert_eq!(changed.details.sequence, 3);
     assert_eq!(changed.details.creation_date, created.details.creation_date);
     assert_eq!(
@@ -349,7 +360,7 @@ async fn token_rotation_and_expected_sequence(store: &Store) {
     let mut stale = update.clone();
     stale.token_hash = "token-3".into();
     assert_err(
-        repos.sessions.apply(&SessionId::from("s1"), 1, &stale, ACTOR).await,
+        repos.sessions.apply(&SessionId::from("s1"), &at_sequence(&changed.details, 1), &stale, ACTOR).await,
         ErrorKind::Aborted,
         "STORE-sequence-mismatch",
     );
@@ -362,7 +373,7 @@ async fn token_rotation_and_expected_sequence(store: &Store) {
             .sessions
             .apply(
                 &SessionId::from("s1"),
-                3,
+                &changed.details,
                 &SessionUpdate { token_hash: "token-other".into(), ..stale.clone() },
                 ACTOR,
             )
@@ -380,14 +391,14 @@ async fn token_rotation_and_expected_sequence(store: &Store) {
         challenges: Vec::new(),
         events: vec![event("session.metadata.set")],
     };
-    let after = repos.sessions.apply(&SessionId::from("s1"), 3, &cleared, ACTOR).await.expect("apply");
+    let after = repos.sessions.apply(&SessionId::from("s1"), &changed.details, &cleared, ACTOR).await.expect("apply");
     assert_eq!(
         (after.factors, after.metadata.len(), after.expiration, after.details.sequence),
         (Factors::default(), 0, None, 4)
     );
 
     assert_err(
-        repos.sessions.apply(&SessionId::from("nope"), 0, &cleared, ACTOR).await,
+        repos.sessions.apply(&SessionId::from("nope"), &at_sequence(&changed.details, 0), &cleared, ACTOR).await,
         ErrorKind::NotFound,
         "SESSION-not-found",
     );
@@ -416,7 +427,7 @@ async fn concurrent_changes_keep_the_sequence(store: &Store) {
                     challenges: Vec::new(),
                     events: vec![event("session.metadata.set")],
                 };
-                match repos.sessions.apply(&id, current.session.details.sequence, &update, ACTOR).await {
+                match repos.sessions.apply(&id, &current.session.details, &update, ACTOR).await {
                     Ok(session) => return session.details.sequence,
                     Err(err) if err.kind() == ErrorKind::Aborted => tokio::task::yield_now().await,
                     Err(err) => panic!("apply failed: {err}"),
@@ -462,11 +473,15 @@ async fn terminate_and_terminate_all_of_user(store: &Store) {
     });
     repos.sessions.create(&with_code, ACTOR).await.expect("create");
 
-    let details = repos.sessions.terminate(&SessionId::from("a1"), ACTOR).await.expect("terminate");
+    let details = repos
+        .sessions
+        .terminate(&SessionId::from("a1"), Some(&read(&repos, "a1").await), ACTOR)
+        .await
+        .expect("terminate");
     assert_eq!(details.sequence, 3);
     assert_eq!(details.resource_owner, "instance");
     // Idempotent: the same details, no second event.
-    assert_eq!(repos.sessions.terminate(&SessionId::from("a1"), ACTOR).await.expect("again"), details);
+    assert_eq!(repos.sessions.terminate(&SessionId::from("a1"), None, ACTOR).await.expect("again"), details);
     assert_eq!(
         events(store, "session", "a1").await,
         vec![
@@ -480,7 +495,7 @@ async fn terminate_and_terminate_all_of_user(store: &Store) {
     assert_eq!(stored.session.details, details);
     assert!(repos.sessions.get_by_token_hash("hash-a1").await.expect("lookup").expect("kept").terminated);
     assert_err(
-        repos.sessions.terminate(&SessionId::from("nope"), ACTOR).await,
+        repos.sessions.terminate(&SessionId::from("nope"), None, ACTOR).await,
         ErrorKind::NotFound,
         "SESSION-not-found",
     );
@@ -491,21 +506,26 @@ async fn terminate_and_terminate_all_of_user(store: &Store) {
         events: vec![event("session.metadata.set")],
     };
     assert_err(
-        repos.sessions.apply(&SessionId::from("a1"), 3, &update, ACTOR).await,
+        repos.sessions.apply(&SessionId::from("a1"), &at_sequence(&read(&repos, "a1").await, 3), &update, ACTOR).await,
         ErrorKind::FailedPrecondition,
         "SESSION-terminated",
     );
 
     // Codes of a terminated session are gone with it.
-    repos.sessions.terminate(&SessionId::from("a4"), ACTOR).await.expect("terminate");
+    repos.sessions.terminate(&SessionId::from("a4"), Some(&read(&repos, "a4").await), ACTOR).await.expect("terminate");
     let code =
         repos.otp_challenges.consume(&SessionId::from("a4"), OtpKind::Sms, "code", now()).await.expect("consume");
     assert_eq!(code, OtpConsume::Missing);
 
     // Concurrent terminations of one session append one event.
-    let racers = (0..5).map(|_| {
-        let repos = repos.clone();
-        tokio::spawn(async move { repos.sessions.terminate(&SessionId::from("a2"), ACTOR).await.expect("terminate") })
+    // Some start from what they read, some from nothing: either way one of them terminates.
+    let seen = read(&repos, "a2").await;
+    let racers = (0..6).map(|i| {
+        let (repos, seen) = (repos.clone(), seen.clone());
+        tokio::spawn(async move {
+            let read = (i % 2 == 0).then_some(&seen);
+            repos.sessions.terminate(&SessionId::from("a2"), read, ACTOR).await.expect("terminate")
+        })
     });
     let answers: Vec<_> = futures::future::join_all(racers).await.into_iter().map(|r| r.expect("task")).collect();
     assert!(answers.iter().all(|d| d.sequence == 3), "{answers:?}");
@@ -581,7 +601,7 @@ async fn otp_codes_are_used_once(store: &Store) {
         }],
         events: vec![event("session.otp.challenged")],
     };
-    repos.sessions.apply(&id, 1, &update, ACTOR).await.expect("apply");
+    repos.sessions.apply(&id, &read(&repos, id.as_str()).await, &update, ACTOR).await.expect("apply");
     assert_eq!(
         repos.otp_challenges.consume(&id, OtpKind::Sms, "sms-1", now()).await.expect("consume"),
         OtpConsume::Mismatch
@@ -736,11 +756,17 @@ async fn changes_are_announced_to_listeners(store: &Store) {
         challenges: Vec::new(),
         events: vec![event("session.metadata.set")],
     };
-    repos.sessions.apply(&SessionId::from("n1"), 2, &update, ACTOR).await.expect("apply");
+    repos.sessions.apply(&SessionId::from("n1"), &read(&repos, "n1").await, &update, ACTOR).await.expect("apply");
     assert_eq!(next(&mut changes).await, SessionChange::Changed("n1".into()));
     // A change that fails its sequence check rolls back: nothing to announce; the termination is next.
-    assert!(repos.sessions.apply(&SessionId::from("n2"), 9, &update, ACTOR).await.is_err());
-    repos.sessions.terminate(&SessionId::from("n2"), ACTOR).await.expect("terminate");
+    assert!(
+        repos
+            .sessions
+            .apply(&SessionId::from("n2"), &at_sequence(&read(&repos, "n2").await, 9), &update, ACTOR)
+            .await
+            .is_err()
+    );
+    repos.sessions.terminate(&SessionId::from("n2"), None, ACTOR).await.expect("terminate");
     assert_eq!(next(&mut changes).await, SessionChange::Changed("n2".into()));
     // Ending every session of a user announces each one it ended.
     repos.sessions.terminate_all_of_user(&UserId::from("alice"), ACTOR).await.expect("terminate all");
