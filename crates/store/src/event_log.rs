@@ -76,18 +76,6 @@ fn out_of_step() -> Error {
     Error::internal("STORE-state-out-of-step", "a state row does not match its aggregate's events")
 }
 
-/// An aggregate's ends as its state row records them (every write of the aggregate updates them there), read
-/// by the caller before a write; see [`Store::write_returning_known`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownEnds {
-    /// Sequence of the aggregate's last event.
-    pub sequence: u64,
-    /// Time of the aggregate's last event.
-    pub changed_at: DateTime<Utc>,
-    /// Time of the aggregate's first event.
-    pub created_at: DateTime<Utc>,
-}
-
 /// What the state closure of [`Store::write`] returns: a boxed future borrowing the transaction.
 pub type StateFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 't>>;
 
@@ -128,12 +116,12 @@ enum Attempt<T> {
 }
 
 /// How a try of a write learns the aggregate's last sequence.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Ends {
     /// Expects a new aggregate: none (see [`write_new`]).
     New,
-    /// From the caller, as the state row recorded them (see [`write_known`]).
-    Known(KnownEnds),
+    /// From the caller: the details it read from the aggregate's state row (see [`write_known`]).
+    Known(Details),
     /// Reads them from the log (see [`write_in`]).
     Read,
 }
@@ -186,9 +174,10 @@ impl Store {
     }
 
     /// [`Store::write_returning`] for a write based on what the caller read from the aggregate's state row,
-    /// which records the aggregate's `known` ends: the first try takes them from there instead of reading the
-    /// log (one statement fewer on the single writer), when `intent.expected_sequence` is `known.sequence`
-    /// or none (then the known ends are only where the first try starts).
+    /// which records the aggregate's details (last sequence, first and last change) with every write: the
+    /// first try takes them from `read` instead of reading the log (one statement fewer on the single
+    /// writer), when `intent.expected_sequence` is `read.sequence` or none (then `read` is only where the
+    /// first try starts).
     ///
     /// `state` must change the state row only where it still records the sequence the write is based on
     /// ([`WriteContext::previous_sequence`]) and return [`StateError::Stale`] when it does not; the events
@@ -200,7 +189,7 @@ impl Store {
     pub async fn write_returning_known<T, F>(
         &self,
         intent: WriteIntent,
-        known: KnownEnds,
+        read: &Details,
         state: F,
     ) -> Result<(T, Details), Error>
     where
@@ -208,8 +197,8 @@ impl Store {
         F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
     {
         let ends = match intent.expected_sequence {
-            Some(expected) if expected != known.sequence => Ends::Read,
-            Some(_) | None => Ends::Known(known),
+            Some(expected) if expected != read.sequence => Ends::Read,
+            Some(_) | None => Ends::Known(read.clone()),
         };
         self.write_from(intent, ends, state).await
     }
@@ -226,11 +215,11 @@ impl Store {
         let mut attempt = 1;
         loop {
             let outcome = match member.take() {
-                Some(member) => match try_in_batch(member, self.backend(), &intent, &mut state, ends).await {
+                Some(member) => match try_in_batch(member, self.backend(), &intent, &mut state, ends.clone()).await {
                     Some(outcome) => outcome,
                     None => continue,
                 },
-                None => self.try_write(&intent, &mut state, attempt, ends).await,
+                None => self.try_write(&intent, &mut state, attempt, ends.clone()).await,
             };
             match outcome {
                 Attempt::Done(value, details) => return Ok((value, details)),
@@ -355,7 +344,7 @@ where
 {
     match ends {
         Ends::New => write_new(txn, intent, state, attempt).await,
-        Ends::Known(known) => write_known(txn, intent, known, state, attempt).await,
+        Ends::Known(read) => write_known(txn, intent, &read, state, attempt).await,
         Ends::Read => write_in(txn, backend, intent, state, attempt).await,
     }
 }
@@ -419,14 +408,8 @@ where
 
     let value = run_state(txn, state, context, false).await?;
 
-    let rows = intent
-        .events
-        .iter()
-        .zip(previous_sequence + 1..)
-        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
-        .collect::<Result<Vec<_>, Error>>()
-        .map_err(Attempt::Fail)?;
-    entity::Entity::insert_many(rows).exec_without_returning(txn).await.map_err(|e| on_db_error(e, Step::Append))?;
+    // A clash here means a concurrent writer took the sequence: the whole write is tried again.
+    append_after(txn, intent, previous_sequence, created_at, Attempt::Retry).await?;
 
     let details =
         Details { sequence, creation_date, change_date: created_at, resource_owner: intent.resource_owner.clone() };
@@ -449,19 +432,7 @@ where
     F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
 {
     let created_at = Utc::now().trunc_subsecs(6);
-    let rows = intent
-        .events
-        .iter()
-        .zip(1..)
-        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
-        .collect::<Result<Vec<_>, Error>>()
-        .map_err(Attempt::Fail)?;
-    if let Err(err) = entity::Entity::insert_many(rows).exec_without_returning(txn).await {
-        return Err(match classify(&err) {
-            DbErrorClass::UniqueViolation => Attempt::Reread,
-            DbErrorClass::Transient | DbErrorClass::Unavailable | DbErrorClass::Other => on_db_error(err, Step::Append),
-        });
-    }
+    append_after(txn, intent, 0, created_at, |_| Attempt::Reread).await?;
     let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
     let context = WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt };
     let value = run_state(txn, state, context, false).await?;
@@ -474,16 +445,16 @@ where
     Ok((value, details))
 }
 
-/// One try of a write whose caller knows the aggregate's ends from its state row, in two statements fewer
-/// than [`write_in`] on SQLite (no read of the ends; on PostgreSQL no aggregate lock either). `state` runs
-/// first and changes the row only where it still records `known.sequence`, which orders concurrent writers
+/// One try of a write whose caller `read` the aggregate's details from its state row, in one statement
+/// fewer than [`write_in`] (no read of the ends; on PostgreSQL no aggregate lock either). `state` runs
+/// first and changes the row only where it still records `read.sequence`, which orders concurrent writers
 /// of the aggregate (PostgreSQL's row lock makes the later one see the earlier one's sequence); then the
-/// events go in after `known.sequence`, the unique (aggregate, sequence) key catching a log that moved on
+/// events go in after `read.sequence`, the unique (aggregate, sequence) key catching a log that moved on
 /// without the row. Either miss tries again the ordinary way.
 async fn write_known<T, F>(
     txn: &DatabaseTransaction,
     intent: &WriteIntent,
-    known: KnownEnds,
+    read: &Details,
     state: &mut F,
     attempt: u32,
 ) -> Result<(T, Details), Attempt<T>>
@@ -491,37 +462,48 @@ where
     F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
 {
     // As in `write_in`: microseconds, and never before the last event.
-    let created_at = Utc::now().trunc_subsecs(6).max(known.changed_at);
+    let created_at = Utc::now().trunc_subsecs(6).max(read.change_date);
     let count = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
-    let sequence = known.sequence.saturating_add(count);
+    let sequence = read.sequence.saturating_add(count);
     let context = WriteContext {
-        previous_sequence: known.sequence,
+        previous_sequence: read.sequence,
         sequence,
         created_at,
-        creation_date: known.created_at,
+        creation_date: read.creation_date,
         attempt,
     };
     let value = run_state(txn, state, context, true).await?;
-    let rows = intent
-        .events
-        .iter()
-        .zip(known.sequence + 1..)
-        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
-        .collect::<Result<Vec<_>, Error>>()
-        .map_err(Attempt::Fail)?;
-    if let Err(err) = entity::Entity::insert_many(rows).exec_without_returning(txn).await {
-        return Err(match classify(&err) {
-            DbErrorClass::UniqueViolation => Attempt::Reread,
-            DbErrorClass::Transient | DbErrorClass::Unavailable | DbErrorClass::Other => on_db_error(err, Step::Append),
-        });
-    }
+    append_after(txn, intent, read.sequence, created_at, |_| Attempt::Reread).await?;
     let details = Details {
         sequence,
-        creation_date: known.created_at,
+        creation_date: read.creation_date,
         change_date: created_at,
         resource_owner: intent.resource_owner.clone(),
     };
     Ok((value, details))
+}
+
+/// Inserts `intent.events` as the sequences after `previous`, all stamped `created_at`; a unique violation
+/// (the sequence is taken) becomes `on_clash(err)`, any other failure what [`on_db_error`] makes of it.
+async fn append_after<T>(
+    txn: &DatabaseTransaction,
+    intent: &WriteIntent,
+    previous: u64,
+    created_at: DateTime<Utc>,
+    on_clash: fn(DbErr) -> Attempt<T>,
+) -> Result<(), Attempt<T>> {
+    let rows = intent
+        .events
+        .iter()
+        .zip(previous + 1..)
+        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(Attempt::Fail)?;
+    match entity::Entity::insert_many(rows).exec_without_returning(txn).await {
+        Ok(_) => Ok(()),
+        Err(err) if classify(&err) == DbErrorClass::UniqueViolation => Err(on_clash(err)),
+        Err(err) => Err(on_db_error(err, Step::Append)),
+    }
 }
 
 /// Sequence and time of events appended by [`append_in`].

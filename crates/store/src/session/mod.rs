@@ -22,7 +22,7 @@ use flowgate_core::Result;
 use flowgate_core::identity::{OrgId, UserId};
 use flowgate_core::session::ports::{INSTANCE_OWNER, SessionRepos, SessionState};
 use flowgate_core::session::{Factors, Session, UserAgent, UserFactor};
-use sea_orm::Set;
+use sea_orm::ActiveModelTrait;
 use serde_json::{Map, Value, json};
 
 use self::entity::sessions;
@@ -100,37 +100,31 @@ fn blank_row(id: String, creator: String, token_hash: String) -> sessions::Model
     }
 }
 
-/// Sets the state columns of `active` to `state`, exactly as [`set_state`] fills a row.
-fn set_active_state(active: &mut sessions::ActiveModel, state: &SessionState) {
+/// The columns [`set_state`] writes.
+const STATE_COLUMNS: [sessions::Column; 12] = [
+    sessions::Column::UserId,
+    sessions::Column::UserLoginName,
+    sessions::Column::UserDisplayName,
+    sessions::Column::UserOrgId,
+    sessions::Column::UserCheckedAt,
+    sessions::Column::PasswordCheckedAt,
+    sessions::Column::TotpCheckedAt,
+    sessions::Column::OtpSmsCheckedAt,
+    sessions::Column::OtpEmailCheckedAt,
+    sessions::Column::IntentCheckedAt,
+    sessions::Column::Metadata,
+    sessions::Column::Expiration,
+];
+
+/// An update of exactly the state columns to `state` (filled by [`set_state`]; nothing else is set).
+fn state_changes(state: &SessionState) -> sessions::ActiveModel {
     let mut row = blank_row(String::new(), String::new(), String::new());
     set_state(&mut row, state);
-    let sessions::Model {
-        user_id,
-        user_login_name,
-        user_display_name,
-        user_org_id,
-        user_checked_at,
-        password_checked_at,
-        totp_checked_at,
-        otp_sms_checked_at,
-        otp_email_checked_at,
-        intent_checked_at,
-        metadata,
-        expiration,
-        ..
-    } = row;
-    active.user_id = Set(user_id);
-    active.user_login_name = Set(user_login_name);
-    active.user_display_name = Set(user_display_name);
-    active.user_org_id = Set(user_org_id);
-    active.user_checked_at = Set(user_checked_at);
-    active.password_checked_at = Set(password_checked_at);
-    active.totp_checked_at = Set(totp_checked_at);
-    active.otp_sms_checked_at = Set(otp_sms_checked_at);
-    active.otp_email_checked_at = Set(otp_email_checked_at);
-    active.intent_checked_at = Set(intent_checked_at);
-    active.metadata = Set(metadata);
-    active.expiration = Set(expiration);
+    let mut changes = sessions::ActiveModel::from(row);
+    for column in STATE_COLUMNS {
+        changes.reset(column);
+    }
+    changes
 }
 
 /// The domain object of a session row.
@@ -288,5 +282,38 @@ mod tests {
         assert_eq!(base64_decode("Zm8"), None);
         assert_eq!(base64_decode("Z=8="), None);
         assert_eq!(base64_decode("Zm8=Zm8="), None);
+    }
+
+    /// SetSession writes only [`STATE_COLUMNS`]: a column `set_state` fills but the list lacks would be
+    /// silently left as it was.
+    #[test]
+    fn state_changes_cover_every_column_set_state_writes() {
+        use sea_orm::{ActiveValue, IdenStatic, Iterable};
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
+        let factors = Factors {
+            user: Some(UserFactor {
+                verified_at: at,
+                id: UserId::from("u"),
+                login_name: "l".into(),
+                display_name: "d".into(),
+                organization_id: OrgId::from("o"),
+            }),
+            password: Some(at),
+            totp: Some(at),
+            otp_sms: Some(at),
+            otp_email: Some(at),
+            intent: Some(at),
+        };
+        let state =
+            SessionState { factors, metadata: BTreeMap::from([("k".to_owned(), b"v".to_vec())]), expiration: Some(at) };
+        let blank = sessions::ActiveModel::from(blank_row(String::new(), String::new(), String::new()));
+        let changes = state_changes(&state);
+        for column in sessions::Column::iter() {
+            let written = matches!(changes.get(column), ActiveValue::Set(_));
+            let filled = changes.get(column).into_value() != blank.get(column).into_value();
+            let listed = STATE_COLUMNS.iter().any(|c| c.as_str() == column.as_str());
+            assert_eq!(written, listed, "{column:?}");
+            assert!(!filled || written, "{column:?} is filled by set_state but not written");
+        }
     }
 }

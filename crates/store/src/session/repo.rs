@@ -19,10 +19,10 @@ use serde_json::json;
 
 use super::entity::{otp_challenges, sessions};
 use super::{
-    SESSION, SessionRepositories, blank_row, micros, session_from_row, set_active_state, set_state, user_agent_json,
+    SESSION, SessionRepositories, blank_row, micros, session_from_row, set_state, state_changes, user_agent_json,
 };
 use crate::error::db_error;
-use crate::event_log::{KnownEnds, StateError, StateFuture, WriteContext, state};
+use crate::event_log::{StateError, StateFuture, WriteContext, state};
 use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
 
 /// Error id: AlreadyExists, a session with the same token digest exists (only with a broken random source).
@@ -45,11 +45,6 @@ fn session_taken(err: sea_orm::DbErr) -> StateError {
 /// Rolls a termination back when another one got there first (its event too).
 fn already_terminated() -> StateError {
     Error::new(ErrorKind::Aborted, ALREADY_TERMINATED, "terminated already").into()
-}
-
-/// The aggregate's ends as a caller read them from the session (the row records them with every write).
-fn known_ends(read: &Details) -> KnownEnds {
-    KnownEnds { sequence: read.sequence, changed_at: read.change_date, created_at: read.creation_date }
 }
 
 fn session_not_found() -> Error {
@@ -183,8 +178,7 @@ impl SessionRepositories {
         let intent = session_intent(id, actor, None, events);
         let written = match read {
             Some(read) => {
-                let known = known_ends(read);
-                self.store.write_returning_known(intent, known, |txn, ctx| terminate_row(txn, ctx, id.to_owned())).await
+                self.store.write_returning_known(intent, read, |txn, ctx| terminate_row(txn, ctx, id.to_owned())).await
             }
             None => self.store.write_returning(intent, |txn, ctx| terminate_row(txn, ctx, id.to_owned())).await,
         };
@@ -245,22 +239,19 @@ impl SessionRepo for SessionRepositories {
     }
 
     async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, actor: &str) -> Result<Session> {
-        // The row records the ends the caller read; the write starts from them (see `write_returning_known`).
+        // The row records the details the caller read; the write starts from them (see `write_returning_known`).
         let intent = session_intent(id.as_str(), actor, Some(read.sequence), update.events.clone());
         let (row, _) = self
             .store
-            .write_returning_known(intent, known_ends(read), |txn, ctx| {
+            .write_returning_known(intent, read, |txn, ctx| {
                 let (id, update) = (id.as_str().to_owned(), update.clone());
                 state(async move {
                     let previous = db_sequence(ctx.previous_sequence)?;
                     // Only what changes is written; the row comes back whole.
-                    let mut changes = sessions::ActiveModel {
-                        token_hash: sea_orm::Set(update.token_hash),
-                        changed_at: sea_orm::Set(ctx.created_at),
-                        sequence: sea_orm::Set(db_sequence(ctx.sequence)?),
-                        ..Default::default()
-                    };
-                    set_active_state(&mut changes, &update.state);
+                    let mut changes = state_changes(&update.state);
+                    changes.token_hash = sea_orm::Set(update.token_hash);
+                    changes.changed_at = sea_orm::Set(ctx.created_at);
+                    changes.sequence = sea_orm::Set(db_sequence(ctx.sequence)?);
                     let updated = sessions::Entity::update_many()
                         .set(changes)
                         .filter(sessions::Column::Id.eq(id.as_str()))

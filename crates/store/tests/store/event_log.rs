@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use flowgate_core::event::{AggregateRef, NewEvent, WriteIntent};
+use flowgate_core::event::{AggregateRef, Details, NewEvent, WriteIntent};
 use flowgate_core::system::StoreStatus;
 use flowgate_core::{Error, ErrorKind};
 use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
 use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
-use flowgate_store::{Backend, KnownEnds, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
+use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
 const LATEST_MIGRATION: &str = "m20261124_000006_session_notify";
@@ -145,9 +145,9 @@ async fn increment_known(txn: &DatabaseTransaction, id: &str, ctx: WriteContext)
 }
 
 /// Writes "k" based on `known`, expecting `expected`.
-async fn write_known(store: &Store, expected: u64, known: KnownEnds) -> Result<flowgate_core::event::Details, Error> {
+async fn write_known(store: &Store, expected: u64, read: &Details) -> Result<Details, Error> {
     let intent = intent("k", Some(expected), &["counter.incremented"]);
-    let written = store.write_returning_known(intent, known, |txn, ctx| state(increment_known(txn, "k", ctx)));
+    let written = store.write_returning_known(intent, read, |txn, ctx| state(increment_known(txn, "k", ctx)));
     written.await.map(|((), details)| details)
 }
 
@@ -160,27 +160,27 @@ async fn known_ends_skip_the_read_and_fall_back_when_stale(store: &Store) {
         })
         .await
         .expect("create");
-    let known = KnownEnds { sequence: 1, changed_at: first.change_date, created_at: first.creation_date };
+    let known = first.clone();
 
     // Ends as the row recorded them: written after them, dated from the first event.
-    let second = write_known(store, 1, known).await.expect("known ends");
+    let second = write_known(store, 1, &known).await.expect("known ends");
     assert_eq!((second.sequence, second.creation_date), (2, first.creation_date));
     assert!(second.change_date >= first.change_date);
     assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
 
     // The row moved on since it was read: the ordinary way reports the mismatch.
-    assert_kind(write_known(store, 1, known).await, ErrorKind::Aborted, "STORE-sequence-mismatch");
+    assert_kind(write_known(store, 1, &known).await, ErrorKind::Aborted, "STORE-sequence-mismatch");
     assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
 
     // The log moved on without the row: the events' key catches it, and the row's update is rolled back.
     store.append(intent("k", None, &["counter.noted"])).await.expect("event without state");
-    let lagging = KnownEnds { sequence: 2, changed_at: second.change_date, created_at: first.creation_date };
-    assert_kind(write_known(store, 2, lagging).await, ErrorKind::Aborted, "STORE-sequence-mismatch");
+    let lagging = Details { creation_date: first.creation_date, ..second.clone() };
+    assert_kind(write_known(store, 2, &lagging).await, ErrorKind::Aborted, "STORE-sequence-mismatch");
     assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
 
     // Read the ordinary way (known ends other than the expected sequence), a row out of step with the log is
     // a bug, not a conflict to retry.
-    assert_kind(write_known(store, 3, lagging).await, ErrorKind::Internal, "STORE-state-out-of-step");
+    assert_kind(write_known(store, 3, &lagging).await, ErrorKind::Internal, "STORE-state-out-of-step");
     assert_eq!(sequences(store, "k").await, [1, 2, 3]);
     assert_eq!(read_counter(store.reader(), "k").await.expect("read"), Some((2, 2)));
 }
