@@ -10,8 +10,8 @@ use flowgate_core::Error;
 use flowgate_core::event::{AggregateRef, Details, NewEvent, StoredEvent, WriteIntent};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, TransactionTrait,
+    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use crate::backend::{self, Backend, DbErrorClass, classify};
@@ -103,6 +103,18 @@ where
     Box::pin(future)
 }
 
+/// The state rows of a new aggregate as statements built in full before anything runs, for
+/// [`Store::write_new_planned`].
+pub struct Planned<T> {
+    /// What the write answers once committed.
+    pub value: T,
+    /// Statements writing the aggregate's state, run in order after its events go in; nothing of what they
+    /// do may be needed by a later statement or by `value`.
+    pub statements: Vec<Statement>,
+    /// What a failure of one of `statements` means (typically a unique violation becomes a domain error).
+    pub on_error: fn(DbErr) -> StateError,
+}
+
 /// The outcome of one try of a write.
 enum Attempt<T> {
     Done(T, Details),
@@ -170,7 +182,7 @@ impl Store {
     {
         // A write that expects a new aggregate first tries without reading its last sequence (see `write_new`).
         let ends = if intent.expected_sequence == Some(0) { Ends::New } else { Ends::Read };
-        self.write_from(intent, ends, state).await
+        self.write_from(intent, ends, true, state).await
     }
 
     /// [`Store::write_returning`] for a write based on what the caller read from the aggregate's state row,
@@ -200,17 +212,65 @@ impl Store {
             Some(expected) if expected != read.sequence => Ends::Read,
             Some(_) | None => Ends::Known(read.clone()),
         };
-        self.write_from(intent, ends, state).await
+        self.write_from(intent, ends, true, state).await
     }
 
-    async fn write_from<T, F>(&self, intent: WriteIntent, mut ends: Ends, mut state: F) -> Result<(T, Details), Error>
+    /// [`Store::write_returning`] for a new aggregate (`intent.expected_sequence` 0) whose state `plan` builds
+    /// as statements from the [`WriteContext`] alone, for the connection's backend. Where the store batches
+    /// writes, the events and those statements are handed to the batch whole and run together with other
+    /// such writes in one round trip (see [`crate::group_commit`]). Otherwise, and when that batch does not
+    /// commit, they run as the state of an ordinary write, for which `plan` is called again. An intent that
+    /// does not expect a new aggregate is simply written the ordinary way.
+    pub async fn write_new_planned<T, P>(&self, intent: WriteIntent, plan: P) -> Result<(T, Details), Error>
+    where
+        T: Send + 'static,
+        P: Fn(&WriteContext, DbBackend) -> Result<Planned<T>, Error> + Send + Sync,
+    {
+        validate(&intent)?;
+        let backend = self.writer().get_database_backend();
+        if intent.expected_sequence == Some(0)
+            && let Some(group) = self.group_commit()
+        {
+            let created_at = Utc::now().trunc_subsecs(6);
+            let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
+            let context =
+                WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt: 1 };
+            let Planned { value, statements, on_error: _ } = plan(&context, backend)?;
+            let events = entity::Entity::insert_many(event_rows(&intent, 0, created_at)?).build(backend);
+            if group.join().submit([events].into_iter().chain(statements).collect()).await {
+                return Ok((value, new_details(&intent, sequence, created_at)));
+            }
+        }
+        let ends = if intent.expected_sequence == Some(0) { Ends::New } else { Ends::Read };
+        self.write_from(intent, ends, false, |txn, context| {
+            let planned = plan(&context, backend);
+            state(async move {
+                let Planned { value, statements, on_error } = planned?;
+                for statement in statements {
+                    txn.execute_raw(statement).await.map_err(on_error)?;
+                }
+                Ok(value)
+            })
+        })
+        .await
+    }
+
+    /// Writes `intent` starting from `ends`; the first try shares a batch's transaction when `batch` is set
+    /// and the store batches writes.
+    async fn write_from<T, F>(
+        &self,
+        intent: WriteIntent,
+        mut ends: Ends,
+        batch: bool,
+        mut state: F,
+    ) -> Result<(T, Details), Error>
     where
         T: Send,
         F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T> + Send,
     {
         validate(&intent)?;
         // The first try shares a transaction with concurrent writes where the store batches them.
-        let mut member = self.group_commit().map(GroupCommit::join);
+        let mut member = if batch { self.group_commit().map(GroupCommit::join) } else { None };
         let attempts = self.write_attempts();
         let mut attempt = 1;
         loop {
@@ -436,13 +496,17 @@ where
     let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
     let context = WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt };
     let value = run_state(txn, state, context, false).await?;
-    let details = Details {
+    Ok((value, new_details(intent, sequence, created_at)))
+}
+
+/// The details of a new aggregate whose first events, up to `sequence`, went in at `created_at`.
+fn new_details(intent: &WriteIntent, sequence: u64, created_at: DateTime<Utc>) -> Details {
+    Details {
         sequence,
         creation_date: created_at,
         change_date: created_at,
         resource_owner: intent.resource_owner.clone(),
-    };
-    Ok((value, details))
+    }
 }
 
 /// One try of a write whose caller `read` the aggregate's details from its state row, in one statement
@@ -492,13 +556,7 @@ async fn append_after<T>(
     created_at: DateTime<Utc>,
     on_clash: fn(DbErr) -> Attempt<T>,
 ) -> Result<(), Attempt<T>> {
-    let rows = intent
-        .events
-        .iter()
-        .zip(previous + 1..)
-        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
-        .collect::<Result<Vec<_>, Error>>()
-        .map_err(Attempt::Fail)?;
+    let rows = event_rows(intent, previous, created_at).map_err(Attempt::Fail)?;
     match entity::Entity::insert_many(rows).exec_without_returning(txn).await {
         Ok(_) => Ok(()),
         Err(err) if classify(&err) == DbErrorClass::UniqueViolation => Err(on_clash(err)),
@@ -609,6 +667,20 @@ fn ends_of(aggregate: &AggregateRef) -> sea_orm::Select<entity::Entity> {
         .columns([entity::Column::Sequence, entity::Column::CreatedAt])
         .expr(Expr::SubQuery(None, Box::new(first_created_at.into())))
         .order_by_desc(entity::Column::Sequence)
+}
+
+/// The rows of `intent.events` as the sequences after `previous`, all stamped `created_at`.
+fn event_rows(
+    intent: &WriteIntent,
+    previous: u64,
+    created_at: DateTime<Utc>,
+) -> Result<Vec<entity::ActiveModel>, Error> {
+    intent
+        .events
+        .iter()
+        .zip(previous + 1..)
+        .map(|(event, sequence)| event_row(intent, event, sequence, created_at))
+        .collect()
 }
 
 fn event_row(

@@ -24,7 +24,7 @@ pub use backend::Backend;
 pub use changes::{SESSION_CHANGES_CHANNEL, SessionChange, SessionChanges};
 pub use config::StoreConfig;
 pub use error::StoreError;
-pub use event_log::{StateError, StateFuture, WriteContext, state};
+pub use event_log::{Planned, StateError, StateFuture, WriteContext, state};
 pub use store::{PoolStats, Store};
 
 /// Re-export of sea-orm so that repositories and tests use exactly the version the store was built with.

@@ -12,8 +12,8 @@ use flowgate_core::session::{Session, SessionFilter, SessionId, TimestampMethod}
 use flowgate_core::{Error, ErrorKind, Result};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseTransaction, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseTransaction, EntityTrait, Insert, Order, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait,
 };
 use serde_json::json;
 
@@ -22,7 +22,7 @@ use super::{
     SESSION, SessionRepositories, blank_row, micros, session_from_row, set_state, state_changes, user_agent_json,
 };
 use crate::error::db_error;
-use crate::event_log::{StateError, StateFuture, WriteContext, state};
+use crate::event_log::{Planned, StateError, StateFuture, WriteContext, state};
 use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
 
 /// Error id: AlreadyExists, a session with the same token digest exists (only with a broken random source).
@@ -74,29 +74,31 @@ async fn put_challenges(
     at: DateTime<Utc>,
 ) -> Result<(), StateError> {
     for challenge in challenges {
-        let row = otp_challenges::Model {
-            session_id: id.to_owned(),
-            kind: challenge.kind.as_str().to_owned(),
-            code_hash: challenge.code_hash.clone(),
-            expires_at: micros(challenge.expires_at),
-            used_at: None,
-            created_at: at,
-        };
-        otp_challenges::Entity::insert(otp_challenges::ActiveModel::from(row).reset_all())
-            .on_conflict(
-                OnConflict::columns([otp_challenges::Column::SessionId, otp_challenges::Column::Kind])
-                    .update_columns([
-                        otp_challenges::Column::CodeHash,
-                        otp_challenges::Column::ExpiresAt,
-                        otp_challenges::Column::UsedAt,
-                        otp_challenges::Column::CreatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
+        challenge_upsert(id, challenge, at).exec_without_returning(txn).await?;
     }
     Ok(())
+}
+
+/// The statement storing `challenge` of session `id`, replacing an earlier one of the same kind.
+fn challenge_upsert(id: &str, challenge: &NewOtpChallenge, at: DateTime<Utc>) -> Insert<otp_challenges::ActiveModel> {
+    let row = otp_challenges::Model {
+        session_id: id.to_owned(),
+        kind: challenge.kind.as_str().to_owned(),
+        code_hash: challenge.code_hash.clone(),
+        expires_at: micros(challenge.expires_at),
+        used_at: None,
+        created_at: at,
+    };
+    otp_challenges::Entity::insert(otp_challenges::ActiveModel::from(row).reset_all()).on_conflict(
+        OnConflict::columns([otp_challenges::Column::SessionId, otp_challenges::Column::Kind])
+            .update_columns([
+                otp_challenges::Column::CodeHash,
+                otp_challenges::Column::ExpiresAt,
+                otp_challenges::Column::UsedAt,
+                otp_challenges::Column::CreatedAt,
+            ])
+            .to_owned(),
+    )
 }
 
 /// The session row `id` inside a write, or NotFound.
@@ -202,21 +204,20 @@ impl SessionRepo for SessionRepositories {
         template.fingerprint_id = record.user_agent.as_ref().and_then(|a| a.fingerprint_id.clone());
         set_state(&mut template, &record.state);
         let intent = session_intent(record.id.as_str(), actor, Some(0), record.events.clone());
+        // Nothing of a new session's rows is read back, so the whole write can go to a batch as statements.
         let (row, _) = self
             .store
-            .write_returning(intent, |txn, ctx| {
-                let (mut row, challenges) = (template.clone(), record.challenges.clone());
-                state(async move {
-                    row.created_at = ctx.created_at;
-                    row.changed_at = ctx.created_at;
-                    row.sequence = db_sequence(ctx.sequence)?;
-                    sessions::Entity::insert(sessions::ActiveModel::from(row.clone()).reset_all())
-                        .exec_without_returning(txn)
-                        .await
-                        .map_err(session_taken)?;
-                    put_challenges(txn, &row.id, &challenges, ctx.created_at).await?;
-                    Ok(row)
-                })
+            .write_new_planned(intent, |ctx, backend| {
+                let mut row = template.clone();
+                row.created_at = ctx.created_at;
+                row.changed_at = ctx.created_at;
+                row.sequence = db_sequence(ctx.sequence)?;
+                let mut statements =
+                    vec![sessions::Entity::insert(sessions::ActiveModel::from(row.clone()).reset_all()).build(backend)];
+                statements.extend(
+                    record.challenges.iter().map(|c| challenge_upsert(&row.id, c, ctx.created_at).build(backend)),
+                );
+                Ok(Planned { value: row, statements, on_error: session_taken })
             })
             .await?;
         session_from_row(row)

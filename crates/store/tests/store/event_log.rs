@@ -10,8 +10,8 @@ use flowgate_core::event::{AggregateRef, Details, NewEvent, WriteIntent};
 use flowgate_core::system::StoreStatus;
 use flowgate_core::{Error, ErrorKind};
 use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
-use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
-use flowgate_store::{Backend, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
+use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, SqlErr, Statement};
+use flowgate_store::{Backend, Planned, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
 const LATEST_MIGRATION: &str = "m20261124_000006_session_notify";
@@ -43,6 +43,7 @@ scenarios!(
     persistent_collision_gives_up,
     concurrent_writes_keep_their_own_outcomes,
     known_ends_skip_the_read_and_fall_back_when_stale,
+    planned_writes_share_a_batch_and_keep_their_own_outcomes,
 );
 
 fn aggregate(id: &str) -> AggregateRef {
@@ -505,12 +506,9 @@ async fn persistent_collision_gives_up(store: &Store) {
     assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=events.len() as u64).collect::<Vec<_>>());
 }
 
-/// Writes that arrive while another one is under way (on SQLite: they share its transaction) each get their
-/// own outcome: the good ones commit, a failing one fails alone and leaves nothing, and one whose caller goes
-/// away halfway leaves nothing either.
-async fn concurrent_writes_keep_their_own_outcomes(store: &Store) {
-    migrated(store).await;
-    create_counters(store).await;
+/// Starts writing counter `gate` and holds the writer (on SQLite: the transaction of its batch) in the middle
+/// of that write until `release` is notified; answers once the write is that far.
+async fn hold_writer(store: &Store) -> (tokio::task::JoinHandle<Result<Details, Error>>, Arc<tokio::sync::Notify>) {
     let (inside_tx, inside_rx) = tokio::sync::oneshot::channel();
     let release = Arc::new(tokio::sync::Notify::new());
     let gate = {
@@ -524,7 +522,6 @@ async fn concurrent_writes_keep_their_own_outcomes(store: &Store) {
                         insert_counter(txn, "gate", 1, ctx.sequence).await?;
                         if let Some(inside) = inside {
                             let _ = inside.send(());
-                            // Holds the writer while the others arrive.
                             release.notified().await;
                         }
                         Ok(())
@@ -534,6 +531,16 @@ async fn concurrent_writes_keep_their_own_outcomes(store: &Store) {
         })
     };
     inside_rx.await.expect("the first write started");
+    (gate, release)
+}
+
+/// Writes that arrive while another one is under way (on SQLite: they share its transaction) each get their
+/// own outcome: the good ones commit, a failing one fails alone and leaves nothing, and one whose caller goes
+/// away halfway leaves nothing either.
+async fn concurrent_writes_keep_their_own_outcomes(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    let (gate, release) = hold_writer(store).await;
 
     // Sees the first write's row before it is committed only if it runs in the same transaction (on a later try, once the
     // abandoned write below has sent everyone back to try alone, it may or may not).
@@ -725,4 +732,89 @@ async fn sqlite_is_built_with_stable_query_plans() {
     let options: Vec<String> = options.iter().map(|row| row.try_get_by_index::<String>(0).expect("text")).collect();
     assert!(options.iter().any(|o| o == "ENABLE_QPSG"), "SQLite compile options: {options:?}");
     db.finish().await;
+}
+
+/// A new counter written as planned statements: two events, then its row.
+async fn write_planned(store: &Store, id: &str) -> Result<Details, Error> {
+    let (value, details) = store
+        .write_new_planned(intent(id, Some(0), &["counter.added", "counter.named"]), |ctx, backend| {
+            let insert = Query::insert()
+                .into_table(Alias::new("counters"))
+                .columns([Alias::new("id"), Alias::new("value"), Alias::new("sequence")])
+                .values([id.into(), 1_i64.into(), i64::try_from(ctx.sequence).expect("small").into()])
+                .map_err(|e| Error::internal("TEST-insert", e.to_string()))?
+                .to_owned();
+            Ok(Planned {
+                value: id.to_owned(),
+                statements: vec![backend.build(&insert)],
+                on_error: |err| match err.sql_err() {
+                    Some(SqlErr::UniqueConstraintViolation(_)) => {
+                        Error::new(ErrorKind::AlreadyExists, "COUNTER-taken", "the counter exists").into()
+                    }
+                    // Anything else (a lock wait, a serialization failure) is the store's to retry.
+                    _ => StateError::Db(err),
+                },
+            })
+        })
+        .await?;
+    assert_eq!(value, id);
+    Ok(details)
+}
+
+/// Planned writes that arrive while another write holds the writer are handed to its batch and run there
+/// together; one that fails (its aggregate exists, or its row does) sends the batch back, and every write
+/// then gets its own outcome alone: the good ones commit whole, the failing ones leave nothing.
+async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    // An aggregate with events already, and a counter row without any.
+    store.append(intent("old", Some(0), &["counter.added"])).await.expect("append");
+    store
+        .write(intent("other", Some(0), &["counter.added"]), |txn, ctx| {
+            state(async move { Ok(insert_counter(txn, "row-only", 7, ctx.sequence).await?) })
+        })
+        .await
+        .expect("write");
+
+    let (gate, release) = hold_writer(store).await;
+
+    // Each is polled once, which hands its statements to the batch the first write holds (SQLite).
+    let mut writes = Vec::new();
+    for id in ["p-0", "p-1", "p-2", "old", "row-only", "p-3"] {
+        let store = store.clone();
+        let mut write = Box::pin(async move { write_planned(&store, id).await });
+        let first = futures::poll!(write.as_mut());
+        writes.push((
+            id,
+            tokio::spawn(async move { if let std::task::Poll::Ready(done) = first { done } else { write.await } }),
+        ));
+    }
+    release.notify_one();
+    gate.await.expect("task").expect("the first write commits");
+
+    for (id, write) in writes {
+        let outcome = write.await.expect("task");
+        match id {
+            "old" => {
+                assert_kind(outcome, ErrorKind::Aborted, "STORE-sequence-mismatch");
+            }
+            "row-only" => {
+                assert_kind(outcome, ErrorKind::AlreadyExists, "COUNTER-taken");
+                assert!(sequences(store, id).await.is_empty(), "nothing of the failed write stays");
+                assert_eq!(read_counter(store.reader(), id).await.expect("read"), Some((7, 1)));
+            }
+            _ => {
+                let details = outcome.expect("a good planned write commits");
+                assert_eq!((details.sequence, details.creation_date), (2, details.change_date), "{id}");
+                assert_eq!(sequences(store, id).await, [1, 2], "{id}");
+                assert_eq!(read_counter(store.reader(), id).await.expect("read"), Some((1, 2)), "{id}");
+            }
+        }
+    }
+    assert_eq!(sequences(store, "old").await, [1]);
+    assert_eq!(read_counter(store.reader(), "gate").await.expect("read"), Some((1, 1)));
+
+    // Alone (nothing else under way), a planned write commits the same way.
+    assert_eq!(write_planned(store, "alone").await.expect("write").sequence, 2);
+    assert_eq!(read_counter(store.reader(), "alone").await.expect("read"), Some((1, 2)));
 }
