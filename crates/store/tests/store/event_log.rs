@@ -762,7 +762,7 @@ async fn write_planned(store: &Store, id: &str) -> Result<Details, Error> {
 }
 
 /// Planned writes that arrive while another write holds the writer are handed to its batch and run there
-/// together; one that fails (its aggregate exists, or its row does) sends the batch back, and every write
+/// together (eight to a round trip); one that fails (its aggregate exists, or its row does) sends the batch back, and every write
 /// then gets its own outcome alone: the good ones commit whole, the failing ones leave nothing.
 async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store) {
     migrated(store).await;
@@ -778,9 +778,11 @@ async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store)
 
     let (gate, release) = hold_writer(store).await;
 
-    // Each is polled once, which hands its statements to the batch the first write holds (SQLite).
+    // Each is polled once, which hands its statements to the batch the first write holds (SQLite). Twelve
+    // take two round trips there; the failures are in the second.
     let mut writes = Vec::new();
-    for id in ["p-0", "p-1", "p-2", "old", "row-only", "p-3"] {
+    let ids = ["p-0", "p-1", "p-2", "p-3", "p-4", "p-5", "p-6", "p-7", "p-8", "old", "row-only", "p-9"];
+    for id in ids {
         let store = store.clone();
         let mut write = Box::pin(async move { write_planned(&store, id).await });
         let first = futures::poll!(write.as_mut());
