@@ -231,9 +231,11 @@ pub trait FlowRepo: Send + Sync {
         ordering: Ordering<FlowOrder>,
         page: PageRequest,
     ) -> Result<Page<Flow>>;
-    /// Replaces every field of the flow with `spec`; event [`events::flow_changed`]. Missing ⇒ NotFound
-    /// [`FLOW_NOT_FOUND`]; slug of another flow ⇒ [`flow_slug_taken`].
-    async fn update(&self, org: &OrgId, id: &FlowId, spec: &FlowSpec, actor: &str) -> Result<Flow>;
+    /// Replaces every field of the flow `read` (as the caller read it) with `spec`; event
+    /// [`events::flow_changed`]. The write may start from `read.details` instead of reading the flow again;
+    /// a flow changed since is still overwritten (last writer wins). Missing ⇒ NotFound [`FLOW_NOT_FOUND`];
+    /// slug of another flow ⇒ [`flow_slug_taken`].
+    async fn update(&self, org: &OrgId, read: &Flow, spec: &FlowSpec, actor: &str) -> Result<Flow>;
     /// In one write on (`flow`, id): deletes the policy bindings targeting the flow's pbm id or the pbm id
     /// of one of its bindings, the bindings whose target is the flow, the flow itself, and applies
     /// `rewrites` (stages that linked to the flow); event [`events::flow_removed`] (listing the cascaded

@@ -386,7 +386,7 @@ impl Flows {
         if spec == flow.spec {
             return self.flow_view(org, flow).await;
         }
-        let flow = self.inner.repos.flows.update(org, &flow.id, &spec, ctx.actor()).await?;
+        let flow = self.inner.repos.flows.update(org, &flow, &spec, ctx.actor()).await?;
         self.inner.cache.invalidate_flow(org, &flow.id);
         self.flow_view(org, flow).await
     }

@@ -269,8 +269,8 @@ impl FlowRepo for Fake {
         }
         Ok(page(found, p))
     }
-    async fn update(&self, org: &OrgId, id: &FlowId, spec: &FlowSpec, _actor: &str) -> Result<Flow> {
-        self.db.lock().await.update_flow(org, id, spec)
+    async fn update(&self, org: &OrgId, read: &Flow, spec: &FlowSpec, _actor: &str) -> Result<Flow> {
+        self.db.lock().await.update_flow(org, &read.id, spec)
     }
     async fn delete(&self, org: &OrgId, id: &FlowId, rewrites: &[StageRewrite], _actor: &str) -> Result<Details> {
         let mut db = self.db.lock().await;

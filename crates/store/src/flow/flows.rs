@@ -113,19 +113,12 @@ async fn check_slug(
     }
 }
 
-/// Inserts a new flow carrying the write's sequence and time.
-pub(super) async fn insert_flow(
-    txn: &DatabaseTransaction,
-    flow: &NewFlow,
-    sequence: u64,
-    at: DateTime<Utc>,
-) -> Result<flows::Model, StateError> {
-    require_org(txn, &flow.org_id).await?;
-    check_slug(txn, &flow.org_id, &flow.spec.slug, None).await?;
-    let mut row = flows::Model {
-        id: flow.id.as_str().to_owned(),
-        org_id: flow.org_id.as_str().to_owned(),
-        pbm_id: flow.pbm_id.as_str().to_owned(),
+/// A flow row with its keys, stamped `at`, and every field of its spec empty.
+fn blank_row(id: &str, org: &str, pbm: &str, at: DateTime<Utc>) -> flows::Model {
+    flows::Model {
+        id: id.to_owned(),
+        org_id: org.to_owned(),
+        pbm_id: pbm.to_owned(),
         name: String::new(),
         name_lower: String::new(),
         slug: String::new(),
@@ -140,8 +133,48 @@ pub(super) async fn insert_flow(
         policy_engine_mode: String::new(),
         created_at: at,
         changed_at: at,
-        sequence: db_sequence(sequence)?,
-    };
+        sequence: 0,
+    }
+}
+
+/// The columns [`set_spec`] writes: what an update changes.
+const SPEC_COLUMNS: [flows::Column; 12] = [
+    flows::Column::Name,
+    flows::Column::NameLower,
+    flows::Column::Slug,
+    flows::Column::Title,
+    flows::Column::TitleLower,
+    flows::Column::Designation,
+    flows::Column::Layout,
+    flows::Column::Background,
+    flows::Column::CompatibilityMode,
+    flows::Column::DeniedAction,
+    flows::Column::Authentication,
+    flows::Column::PolicyEngineMode,
+];
+
+/// The changes that write `spec` into a flow row, and nothing else.
+fn spec_changes(spec: &FlowSpec) -> flows::ActiveModel {
+    let mut row = blank_row("", "", "", DateTime::<Utc>::UNIX_EPOCH);
+    set_spec(&mut row, spec);
+    let mut changes = flows::ActiveModel::from(row);
+    for column in SPEC_COLUMNS {
+        changes.reset(column);
+    }
+    changes
+}
+
+/// Inserts a new flow carrying the write's sequence and time.
+pub(super) async fn insert_flow(
+    txn: &DatabaseTransaction,
+    flow: &NewFlow,
+    sequence: u64,
+    at: DateTime<Utc>,
+) -> Result<flows::Model, StateError> {
+    require_org(txn, &flow.org_id).await?;
+    check_slug(txn, &flow.org_id, &flow.spec.slug, None).await?;
+    let mut row = blank_row(flow.id.as_str(), flow.org_id.as_str(), flow.pbm_id.as_str(), at);
+    row.sequence = db_sequence(sequence)?;
     set_spec(&mut row, &flow.spec);
     flows::Entity::insert(flows::ActiveModel::from(row.clone()).reset_all())
         .exec_without_returning(txn)
@@ -150,26 +183,40 @@ pub(super) async fn insert_flow(
     Ok(row)
 }
 
-/// Replaces every field of the flow `id` of `org`, stamping the write's sequence and time.
+/// Replaces every field of the flow `id` of `org`, stamping the write's sequence and time; with `based_on`,
+/// only where the row still records that sequence ([`StateError::Stale`] otherwise, see
+/// `Store::write_returning_known`). `check_slug` asks first whether another flow has the slug (the unique
+/// index decides either way); a caller that knows the slug is the flow's own skips it.
 pub(super) async fn update_flow(
     txn: &DatabaseTransaction,
     org: &OrgId,
     id: &FlowId,
     spec: &FlowSpec,
-    sequence: u64,
-    at: DateTime<Utc>,
+    based_on: Option<u64>,
+    ask_slug: bool,
+    context: (u64, DateTime<Utc>),
 ) -> Result<flows::Model, StateError> {
-    let mut row = flow_row(txn, org, id.as_str()).await?.ok_or_else(|| not_found(FLOW_NOT_FOUND))?;
-    check_slug(txn, org, &spec.slug, Some(id.as_str())).await?;
-    set_spec(&mut row, spec);
-    row.changed_at = at;
-    row.sequence = db_sequence(sequence)?;
-    flows::ActiveModel::from(row.clone())
-        .reset_all()
-        .update(txn)
-        .await
-        .map_err(|e| unique_as(e, "slug", flow_slug_taken))?;
-    Ok(row)
+    let (sequence, at) = context;
+    if ask_slug {
+        check_slug(txn, org, &spec.slug, Some(id.as_str())).await?;
+    }
+    let mut changes = spec_changes(spec);
+    changes.changed_at = sea_orm::Set(at);
+    changes.sequence = sea_orm::Set(db_sequence(sequence)?);
+    let mut update = flows::Entity::update_many()
+        .set(changes)
+        .filter(flows::Column::OrgId.eq(org.as_str()))
+        .filter(flows::Column::Id.eq(id.as_str()));
+    if let Some(previous) = based_on {
+        update = update.filter(flows::Column::Sequence.eq(db_sequence(previous)?));
+    }
+    // The row comes back whole, so nothing is read before the write.
+    let updated = update.exec_with_returning(txn).await.map_err(|e| unique_as(e, "slug", flow_slug_taken))?;
+    match updated.into_iter().next() {
+        Some(row) => Ok(row),
+        None if based_on.is_some() && flow_row(txn, org, id.as_str()).await?.is_some() => Err(StateError::Stale),
+        None => Err(not_found(FLOW_NOT_FOUND).into()),
+    }
 }
 
 /// Records a write on the flow aggregate that changed no flow column (a binding change), so the row's
@@ -369,14 +416,24 @@ impl FlowRepo for FlowRepositories {
         into_page(rows, total, flow_from_row)
     }
 
-    async fn update(&self, org: &OrgId, id: &FlowId, spec: &FlowSpec, actor: &str) -> Result<Flow> {
+    async fn update(&self, org: &OrgId, read: &Flow, spec: &FlowSpec, actor: &str) -> Result<Flow> {
         let events = vec![events::flow_changed(spec)];
+        // The row records the details the caller read; the write starts from them (see
+        // `write_returning_known`). A slug the flow keeps needs no asking.
+        let ask_slug = spec.slug != read.spec.slug;
         let (row, _) = self
             .store
-            .write_returning(intent(FLOW_AGGREGATE, id.as_str(), org, actor, events), |txn, ctx| {
-                let (org, id, spec) = (org.clone(), id.clone(), spec.clone());
-                state(async move { update_flow(txn, &org, &id, &spec, ctx.sequence, ctx.created_at).await })
-            })
+            .write_returning_known(
+                intent(FLOW_AGGREGATE, read.id.as_str(), org, actor, events),
+                &read.details,
+                |txn, ctx| {
+                    let (org, id, spec) = (org.clone(), read.id.clone(), spec.clone());
+                    state(async move {
+                        let context = (ctx.sequence, ctx.created_at);
+                        update_flow(txn, &org, &id, &spec, Some(ctx.previous_sequence), ask_slug, context).await
+                    })
+                },
+            )
             .await?;
         flow_from_row(row)
     }
@@ -395,4 +452,37 @@ pub(super) async fn flow_exists(txn: &DatabaseTransaction, org: &OrgId, id: &str
     let found =
         of_org(org).filter(flows::Column::Id.eq(id)).select_only().column(flows::Column::Id).into_tuple::<String>();
     Ok(found.one(txn).await?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An update writes only [`SPEC_COLUMNS`]: a column `set_spec` fills but the list lacks would be
+    /// silently left as it was.
+    #[test]
+    fn spec_changes_cover_every_column_set_spec_writes() {
+        use sea_orm::{ActiveValue, IdenStatic, Iterable};
+        let spec = FlowSpec {
+            name: "Name".into(),
+            slug: Slug::parse("slug").expect("slug"),
+            title: "Title".into(),
+            designation: Designation::Enrollment,
+            layout: Layout::SidebarRight,
+            background: Some("/bg.png".into()),
+            compatibility_mode: true,
+            denied_action: DeniedAction::Continue,
+            authentication: Authentication::RequireSuperuser,
+            policy_engine_mode: PolicyEngineMode::All,
+        };
+        let blank = flows::ActiveModel::from(blank_row("", "", "", DateTime::<Utc>::UNIX_EPOCH));
+        let changes = spec_changes(&spec);
+        for column in flows::Column::iter() {
+            let written = matches!(changes.get(column), ActiveValue::Set(_));
+            let filled = changes.get(column).into_value() != blank.get(column).into_value();
+            let listed = SPEC_COLUMNS.iter().any(|c| c.as_str() == column.as_str());
+            assert_eq!(written, listed, "{column:?}");
+            assert!(!filled || written, "{column:?} is filled by set_spec but not written");
+        }
+    }
 }

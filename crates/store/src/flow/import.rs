@@ -136,7 +136,9 @@ async fn apply(
 ) -> Result<(), StateError> {
     match &step.change {
         ImportChange::CreateFlow(flow) => insert_flow(txn, flow, sequence, at).await.map(drop),
-        ImportChange::UpdateFlow(id, spec) => update_flow(txn, org, id, spec, sequence, at).await.map(drop),
+        ImportChange::UpdateFlow(id, spec) => {
+            update_flow(txn, org, id, spec, None, true, (sequence, at)).await.map(drop)
+        }
         ImportChange::CreatePolicy(policy) => insert_policy(txn, policy, sequence, at).await.map(drop),
         ImportChange::UpdatePolicy(id, spec) => update_policy(txn, org, id, spec, sequence, at).await.map(drop),
         ImportChange::CreateStage(stage) => insert_stage(txn, stage, sequence, at).await.map(drop),

@@ -9,7 +9,7 @@ use flowgate_core::flow::ports::{
     POLICY_NAME_TAKEN, POLICY_NOT_FOUND, STAGE_NAME_TAKEN, STAGE_NOT_FOUND, StageRewrite, events,
 };
 use flowgate_core::flow::{
-    Authentication, BindingFilter, BindingOrder, BindingSpec, DeniedAction, Designation, FlowFilter, FlowOrder,
+    Authentication, BindingFilter, BindingOrder, BindingSpec, DeniedAction, Designation, Flow, FlowFilter, FlowOrder,
     FlowSpec, IdentificationConfig, InvalidResponseAction, Layout, Ordering, PageRequest, PasswordConfig, PbmId,
     PolicyBindingFilter, PolicyBindingOrder, PolicyBindingSpec, PolicyEngineMode, PolicyFilter, PolicyOrder,
     PolicySpec, PromptConfig, Slug, StageConfig, StageFilter, StageOrder, StageSpec, StageType,
@@ -226,15 +226,27 @@ async fn flows_are_created_read_and_updated(store: &Store) {
     spec.denied_action = DeniedAction::Continue;
     spec.authentication = Authentication::RequireUnauthenticated;
     spec.policy_engine_mode = PolicyEngineMode::All;
-    let updated = repos.flows.update(&org(), &"f1".into(), &spec, ACTOR).await.expect("update");
+    let updated = repos.flows.update(&org(), &created, &spec, ACTOR).await.expect("update");
     assert_eq!((updated.spec.clone(), updated.details.sequence), (spec.clone(), 2));
     assert_eq!(updated.details.creation_date, created.details.creation_date);
-    assert_eq!(repos.flows.get(&org(), &"f1".into()).await.expect("get"), Some(updated));
+    assert_eq!(repos.flows.get(&org(), &"f1".into()).await.expect("get"), Some(updated.clone()));
     assert_eq!(events_of(store, "flow", "f1").await, types(&[(1, "flow.added"), (2, "flow.changed")]));
     assert_eq!(last_payload(store, "flow", "f1").await["slug"], "sign-in");
 
-    assert_err(repos.flows.update(&other(), &"f1".into(), &spec, ACTOR).await, ErrorKind::NotFound, FLOW_NOT_FOUND);
-    assert_err(repos.flows.update(&org(), &"nope".into(), &spec, ACTOR).await, ErrorKind::NotFound, FLOW_NOT_FOUND);
+    // Based on a read the flow has moved on from, the write still goes in (last writer wins), after the
+    // change it did not see.
+    let mut later = spec.clone();
+    later.title = "Later".into();
+    let overwritten = repos.flows.update(&org(), &created, &later, ACTOR).await.expect("update from a stale read");
+    assert_eq!((overwritten.spec.title.as_str(), overwritten.details.sequence), ("Later", 3));
+    assert!(overwritten.details.change_date >= updated.details.change_date);
+    assert_eq!(repos.flows.get(&org(), &"f1".into()).await.expect("get"), Some(overwritten.clone()));
+    assert_eq!(events_of(store, "flow", "f1").await.len(), 3);
+
+    assert_err(repos.flows.update(&other(), &overwritten, &spec, ACTOR).await, ErrorKind::NotFound, FLOW_NOT_FOUND);
+    let missing = Flow { id: "nope".into(), ..overwritten.clone() };
+    assert_err(repos.flows.update(&org(), &missing, &spec, ACTOR).await, ErrorKind::NotFound, FLOW_NOT_FOUND);
+    assert!(events_of(store, "flow", "nope").await.is_empty());
     assert_err(
         repos.flows.create(&new_flow(&"no-org".into(), "f2", "x", "X"), ACTOR).await,
         ErrorKind::NotFound,
@@ -260,11 +272,15 @@ async fn flow_slugs_are_unique_per_org(store: &Store) {
     repos.flows.create(&new_flow(&org(), "f4", "LOGIN", "Upper"), ACTOR).await.expect("other case");
     // Another org may use the slug.
     repos.flows.create(&new_flow(&other(), "g1", "login", "Login"), ACTOR).await.expect("other org");
+    let f2 = repos.flows.get(&org(), &"f2".into()).await.expect("get").expect("f2");
     let spec = flow_spec("login", "Other", Designation::Authentication);
-    assert_field(repos.flows.update(&org(), &"f2".into(), &spec, ACTOR).await, FLOW_SLUG_TAKEN, "slug", taken);
+    assert_field(repos.flows.update(&org(), &f2, &spec, ACTOR).await, FLOW_SLUG_TAKEN, "slug", taken);
     // Keeping its own slug is no conflict.
     let spec = flow_spec("other", "Renamed", Designation::Recovery);
-    repos.flows.update(&org(), &"f2".into(), &spec, ACTOR).await.expect("same slug");
+    let f2 = repos.flows.update(&org(), &f2, &spec, ACTOR).await.expect("same slug");
+    // A read that missed a change of slug does not keep the index from refusing a taken one.
+    let stale = Flow { spec: flow_spec("login", "Old", Designation::Recovery), ..f2.clone() };
+    assert_field(repos.flows.update(&org(), &stale, &stale.spec, ACTOR).await, FLOW_SLUG_TAKEN, "slug", taken);
     assert!(events_of(store, "flow", "f3").await.is_empty());
     assert_eq!(events_of(store, "flow", "f2").await.len(), 2);
 }
