@@ -183,9 +183,9 @@ pub(super) async fn insert_flow(
     Ok(row)
 }
 
-/// Replaces every field of the flow `id` of `org`, stamping the write's sequence and time; with `based_on`,
-/// only where the row still records that sequence ([`StateError::Stale`] otherwise, see
-/// `Store::write_returning_known`). `check_slug` asks first whether another flow has the slug (the unique
+/// Replaces every field of the flow `id` of `org`, stamping the write's `context` (sequence, time); with
+/// `based_on`, only where the row still records that sequence ([`StateError::Stale`] otherwise, see
+/// `Store::write_returning_known`). `ask_slug` asks first whether another flow has the slug (the unique
 /// index decides either way); a caller that knows the slug is the flow's own skips it.
 pub(super) async fn update_flow(
     txn: &DatabaseTransaction,
