@@ -231,14 +231,11 @@ impl Store {
         if intent.expected_sequence == Some(0)
             && let Some(group) = self.group_commit()
         {
-            let created_at = Utc::now().trunc_subsecs(6);
-            let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
-            let context =
-                WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt: 1 };
+            let context = new_context(&intent, 1);
             let Planned { value, statements, on_error: _ } = plan(&context, backend)?;
-            let events = entity::Entity::insert_many(event_rows(&intent, 0, created_at)?).build(backend);
+            let events = entity::Entity::insert_many(event_rows(&intent, 0, context.created_at)?).build(backend);
             if group.join().submit([events].into_iter().chain(statements).collect()).await {
-                return Ok((value, new_details(&intent, sequence, created_at)));
+                return Ok((value, new_details(&intent, context)));
             }
         }
         let ends = if intent.expected_sequence == Some(0) { Ends::New } else { Ends::Read };
@@ -491,20 +488,26 @@ async fn write_new<T, F>(
 where
     F: for<'t> FnMut(&'t DatabaseTransaction, WriteContext) -> StateFuture<'t, T>,
 {
-    let created_at = Utc::now().trunc_subsecs(6);
-    append_after(txn, intent, 0, created_at, |_| Attempt::Reread).await?;
-    let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
-    let context = WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt };
+    let context = new_context(intent, attempt);
+    append_after(txn, intent, 0, context.created_at, |_| Attempt::Reread).await?;
     let value = run_state(txn, state, context, false).await?;
-    Ok((value, new_details(intent, sequence, created_at)))
+    Ok((value, new_details(intent, context)))
 }
 
-/// The details of a new aggregate whose first events, up to `sequence`, went in at `created_at`.
-fn new_details(intent: &WriteIntent, sequence: u64, created_at: DateTime<Utc>) -> Details {
+/// The context of a write that creates its aggregate: its events are the first, stamped now (in
+/// microseconds, what PostgreSQL keeps).
+fn new_context(intent: &WriteIntent, attempt: u32) -> WriteContext {
+    let created_at = Utc::now().trunc_subsecs(6);
+    let sequence = u64::try_from(intent.events.len()).unwrap_or(u64::MAX);
+    WriteContext { previous_sequence: 0, sequence, created_at, creation_date: created_at, attempt }
+}
+
+/// The details of a new aggregate after the write of `context`.
+fn new_details(intent: &WriteIntent, context: WriteContext) -> Details {
     Details {
-        sequence,
-        creation_date: created_at,
-        change_date: created_at,
+        sequence: context.sequence,
+        creation_date: context.created_at,
+        change_date: context.created_at,
         resource_owner: intent.resource_owner.clone(),
     }
 }

@@ -200,18 +200,16 @@ async fn run_submitted(batch: &Batch, submitted: Vec<Vec<Statement>>) {
     let members = submitted.len();
     let slot = batch.slot.lock().await;
     if let Slot::Open(txn) = &*slot {
-        for chunk in submitted.chunks(MAX_COMBINED) {
-            if batch.poisoned.load(Ordering::Acquire) {
-                break;
-            }
+        let mut rest = submitted.into_iter().peekable();
+        while rest.peek().is_some() && !batch.poisoned.load(Ordering::Acquire) {
             let mut sql = String::new();
             let mut values = Vec::new();
-            for statement in chunk.iter().flatten() {
+            for statement in rest.by_ref().take(MAX_COMBINED).flatten() {
                 if !sql.is_empty() {
                     sql.push_str(";\n");
                 }
                 sql.push_str(&statement.sql);
-                values.extend(statement.values.iter().flat_map(|Values(v)| v.iter().cloned()));
+                values.extend(statement.values.map(|Values(v)| v).unwrap_or_default());
             }
             let combined = Statement::from_sql_and_values(txn.get_database_backend(), sql, values);
             let flag = match txn.execute_raw(combined).await {

@@ -26,6 +26,7 @@ use super::{
 use crate::backend::Backend;
 use crate::error::db_error;
 use crate::event_log::{StateError, state};
+use crate::identity::changes_of;
 
 /// The domain object of a flow row.
 pub(super) fn flow_from_row(row: flows::Model) -> Result<Flow> {
@@ -157,11 +158,7 @@ const SPEC_COLUMNS: [flows::Column; 12] = [
 fn spec_changes(spec: &FlowSpec) -> flows::ActiveModel {
     let mut row = blank_row("", "", "", DateTime::<Utc>::UNIX_EPOCH);
     set_spec(&mut row, spec);
-    let mut changes = flows::ActiveModel::from(row);
-    for column in SPEC_COLUMNS {
-        changes.reset(column);
-    }
-    changes
+    changes_of(flows::ActiveModel::from(row), &SPEC_COLUMNS)
 }
 
 /// Inserts a new flow carrying the write's sequence and time.
@@ -462,7 +459,6 @@ mod tests {
     /// silently left as it was.
     #[test]
     fn spec_changes_cover_every_column_set_spec_writes() {
-        use sea_orm::{ActiveValue, IdenStatic, Iterable};
         let spec = FlowSpec {
             name: "Name".into(),
             slug: Slug::parse("slug").expect("slug"),
@@ -476,13 +472,6 @@ mod tests {
             policy_engine_mode: PolicyEngineMode::All,
         };
         let blank = flows::ActiveModel::from(blank_row("", "", "", DateTime::<Utc>::UNIX_EPOCH));
-        let changes = spec_changes(&spec);
-        for column in flows::Column::iter() {
-            let written = matches!(changes.get(column), ActiveValue::Set(_));
-            let filled = changes.get(column).into_value() != blank.get(column).into_value();
-            let listed = SPEC_COLUMNS.iter().any(|c| c.as_str() == column.as_str());
-            assert_eq!(written, listed, "{column:?}");
-            assert!(!filled || written, "{column:?} is filled by set_spec but not written");
-        }
+        crate::identity::assert_changes_cover(&spec_changes(&spec), &blank, &SPEC_COLUMNS);
     }
 }

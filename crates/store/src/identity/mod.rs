@@ -24,7 +24,7 @@ use flowgate_core::identity::ports::Repos;
 use flowgate_core::identity::{ListQuery, TextMethod};
 use flowgate_core::{Error, ErrorKind};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
-use sea_orm::{DbErr, EntityTrait, PaginatorTrait, QuerySelect, Select};
+use sea_orm::{ActiveModelTrait, DbErr, EntityTrait, PaginatorTrait, QuerySelect, Select};
 
 use crate::backend::{Backend, TextPosition, text_match, unique_violation_target};
 use crate::event_log::StateError;
@@ -84,6 +84,33 @@ pub(crate) fn event(event_type: &str, payload: serde_json::Value) -> NewEvent {
 /// A sequence as stored (`BIGINT`).
 pub(crate) fn db_sequence(sequence: u64) -> Result<i64, Error> {
     i64::try_from(sequence).map_err(|_| Error::internal("STORE-sequence-overflow", "sequence overflow"))
+}
+
+/// `row` as an update of `columns` only: those are set, every other column is left out of the statement.
+pub(crate) fn changes_of<A: ActiveModelTrait>(mut row: A, columns: &[<A::Entity as EntityTrait>::Column]) -> A {
+    for column in columns {
+        row.reset(*column);
+    }
+    row
+}
+
+/// Asserts that `changes` (made by [`changes_of`] from a row its writer filled) sets exactly `columns`, and
+/// that the writer filled no column beyond them (compared with `blank`, the row before it was filled): a
+/// column the writer fills but the list lacks would be silently left as it was by the update.
+#[cfg(test)]
+pub(crate) fn assert_changes_cover<A: ActiveModelTrait>(
+    changes: &A,
+    blank: &A,
+    columns: &[<A::Entity as EntityTrait>::Column],
+) {
+    use sea_orm::{ActiveValue, IdenStatic, Iterable};
+    for column in <A::Entity as EntityTrait>::Column::iter() {
+        let written = matches!(changes.get(column), ActiveValue::Set(_));
+        let filled = changes.get(column).into_value() != blank.get(column).into_value();
+        let listed = columns.iter().any(|c| c.as_str() == column.as_str());
+        assert_eq!(written, listed, "{}", column.as_str());
+        assert!(!filled || written, "{} is filled but not written", column.as_str());
+    }
 }
 
 /// Details of a row that carries its own change metadata.

@@ -22,11 +22,10 @@ use flowgate_core::Result;
 use flowgate_core::identity::{OrgId, UserId};
 use flowgate_core::session::ports::{INSTANCE_OWNER, SessionRepos, SessionState};
 use flowgate_core::session::{Factors, Session, UserAgent, UserFactor};
-use sea_orm::ActiveModelTrait;
 use serde_json::{Map, Value, json};
 
 use self::entity::sessions;
-use crate::identity::{corrupt, row_details};
+use crate::identity::{changes_of, corrupt, row_details};
 use crate::store::Store;
 
 /// Aggregate type of sessions.
@@ -120,11 +119,7 @@ const STATE_COLUMNS: [sessions::Column; 12] = [
 fn state_changes(state: &SessionState) -> sessions::ActiveModel {
     let mut row = blank_row(String::new(), String::new(), String::new());
     set_state(&mut row, state);
-    let mut changes = sessions::ActiveModel::from(row);
-    for column in STATE_COLUMNS {
-        changes.reset(column);
-    }
-    changes
+    changes_of(sessions::ActiveModel::from(row), &STATE_COLUMNS)
 }
 
 /// The domain object of a session row.
@@ -288,7 +283,6 @@ mod tests {
     /// silently left as it was.
     #[test]
     fn state_changes_cover_every_column_set_state_writes() {
-        use sea_orm::{ActiveValue, IdenStatic, Iterable};
         let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
         let factors = Factors {
             user: Some(UserFactor {
@@ -307,13 +301,6 @@ mod tests {
         let state =
             SessionState { factors, metadata: BTreeMap::from([("k".to_owned(), b"v".to_vec())]), expiration: Some(at) };
         let blank = sessions::ActiveModel::from(blank_row(String::new(), String::new(), String::new()));
-        let changes = state_changes(&state);
-        for column in sessions::Column::iter() {
-            let written = matches!(changes.get(column), ActiveValue::Set(_));
-            let filled = changes.get(column).into_value() != blank.get(column).into_value();
-            let listed = STATE_COLUMNS.iter().any(|c| c.as_str() == column.as_str());
-            assert_eq!(written, listed, "{column:?}");
-            assert!(!filled || written, "{column:?} is filled by set_state but not written");
-        }
+        crate::identity::assert_changes_cover(&state_changes(&state), &blank, &STATE_COLUMNS);
     }
 }
