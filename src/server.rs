@@ -15,7 +15,7 @@ use axum::routing::get;
 use flowgate_core::flow::{Flows, FlowsConfig, PolicyConfig};
 use flowgate_core::identity::password::{HashingConfig, PasswordPolicy};
 use flowgate_core::identity::ports::{SystemClock, UuidV7Ids};
-use flowgate_core::identity::{Identity, IdentityConfig};
+use flowgate_core::identity::{Identity, IdentityConfig, UserId};
 use flowgate_core::idp::{IdpConfig, IdpLinkChecker, Idps, RedirectAllowlist, SecretBox};
 use flowgate_core::session::{
     CachedSessionRepo, DEFAULT_SESSION_TTL, LockoutPolicy, SessionConfig, SessionId, Sessions,
@@ -23,7 +23,7 @@ use flowgate_core::session::{
 use flowgate_core::system::{ApiFamily, BuildFacts, StoreStatus};
 use flowgate_gateway::{Dialect, Gateway, GatewayConfig, HttpBinding};
 use flowgate_idp::{ConnectorConfig, Connectors, JwtSettings, JwtVerifier};
-use flowgate_store::{Backend, SessionChange, Store, StoreConfig};
+use flowgate_store::{Backend, Change, Store, StoreConfig};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -119,14 +119,16 @@ fn sessions(config: &Config, store: &Store, identity: Identity) -> Result<(Ident
     match store.backend() {
         // One server per file: its own writes are all there is to hear.
         Backend::Sqlite => repos.sessions = Arc::new(CachedSessionRepo::new(repos.sessions, DEFAULT_SESSION_TTL)),
-        // Replicas share the database: remember sessions only while listening to the changes the database
-        // announces. The listener holds a pool connection, so a pool of one connection reads fresh instead.
+        // Replicas share the database: remember sessions, and the users of sign-in checks, only while
+        // listening to the changes the database announces. The listener holds a pool connection, so a pool
+        // of one connection reads fresh instead.
         Backend::Postgres if config.max_connections >= 2 => {
             let cache = Arc::new(CachedSessionRepo::suspended(repos.sessions, DEFAULT_SESSION_TTL));
-            spawn_session_change_follower(store.clone(), cache.clone());
+            identity.suspend_user_cache();
+            spawn_change_follower(store.clone(), cache.clone(), identity.clone());
             repos.sessions = cache;
         }
-        Backend::Postgres => {}
+        Backend::Postgres => identity.suspend_user_cache(),
     }
     let sessions = Sessions::new(
         session_config,
@@ -180,28 +182,33 @@ fn federation(
     Ok((identity, sessions, idps))
 }
 
-/// Keeps `cache` in step with the sessions other replicas change: it caches only while the database's
-/// announcements are heard, forgets each announced session, and is suspended (everything forgotten, reads
-/// fresh) from the moment the listening connection is lost until a new one listens.
-fn spawn_session_change_follower(store: Store, cache: Arc<CachedSessionRepo>) {
+/// Keeps `sessions` and the users `identity` remembers in step with what other replicas change: both cache
+/// only while the database's announcements are heard, forget each announced session, user or org, and are
+/// suspended (everything forgotten, reads fresh) from the moment the listening connection is lost until a
+/// new one listens.
+fn spawn_change_follower(store: Store, sessions: Arc<CachedSessionRepo>, identity: Identity) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);
         while !store.is_closed() {
-            match store.listen_session_changes().await {
+            match store.listen_changes().await {
                 Ok(Some(mut changes)) => {
                     backoff = Duration::from_millis(250);
-                    cache.resume();
+                    sessions.resume();
+                    identity.resume_user_cache();
                     loop {
                         match changes.next().await {
-                            SessionChange::Changed(id) => cache.changed(&SessionId::from(id)),
-                            SessionChange::Lost => {
-                                cache.suspend();
+                            Change::Session(id) => sessions.changed(&SessionId::from(id)),
+                            Change::User(id) => identity.user_changed(&UserId::from(id)),
+                            Change::Org(_) => identity.org_changed(),
+                            Change::Lost => {
+                                sessions.suspend();
+                                identity.suspend_user_cache();
                                 if store.is_closed() {
                                     // Shutting down: nothing was lost that anyone will ask for.
                                     return;
                                 }
                                 tracing::warn!(
-                                    "lost the session change listener; sessions are read fresh until it is back"
+                                    "lost the change listener; sessions and users are read fresh until it is back"
                                 );
                                 break;
                             }
@@ -213,7 +220,7 @@ fn spawn_session_change_follower(store: Store, cache: Arc<CachedSessionRepo>) {
                     if store.is_closed() {
                         return;
                     }
-                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis(), "cannot listen for session changes");
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis(), "cannot listen for changes");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }

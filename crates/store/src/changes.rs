@@ -1,7 +1,8 @@
-//! Changes announced by PostgreSQL to every listening server: a trigger (migration
-//! `m20261124_000006_session_notify`) notifies [`SESSION_CHANGES_CHANNEL`] with the id of every session row
-//! that is updated or deleted, when the transaction commits. Servers that remember sessions forget a changed
-//! one as soon as the notification arrives.
+//! Changes announced by PostgreSQL to every listening server. Triggers (migrations
+//! `m20261124_000006_session_notify` and `m20261125_000007_identity_notify`) notify a channel per table
+//! with the id of every row that is updated or deleted, when the transaction commits: sessions on
+//! [`SESSION_CHANGES_CHANNEL`], users on [`USER_CHANGES_CHANNEL`], orgs on [`ORG_CHANGES_CHANNEL`].
+//! Servers that remember such rows forget a changed one as soon as the notification arrives.
 
 use sea_orm::sqlx::postgres::PgListener;
 
@@ -11,48 +12,71 @@ use crate::error::StoreError;
 /// The notification channel of session changes; the payload is the session id.
 pub const SESSION_CHANGES_CHANNEL: &str = "flowgate_sessions";
 
+/// The notification channel of user changes; the payload is the user id.
+pub const USER_CHANGES_CHANNEL: &str = "flowgate_users";
+
+/// The notification channel of org changes; the payload is the org id.
+pub const ORG_CHANGES_CHANNEL: &str = "flowgate_orgs";
+
 /// What a listener learned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionChange {
+pub enum Change {
     /// The session with this id changed (or was deleted).
-    Changed(String),
+    Session(String),
+    /// The user with this id changed (or was deleted).
+    User(String),
+    /// The org with this id changed (or was deleted).
+    Org(String),
     /// The connection was lost: notifications may have been missed. Forget everything and listen anew.
     Lost,
 }
 
-/// A connection listening for session changes (it holds one connection of the store's pool).
-pub struct SessionChanges {
+/// A connection listening for changes (it holds one connection of the store's pool).
+pub struct Changes {
     listener: PgListener,
 }
 
-impl std::fmt::Debug for SessionChanges {
+impl std::fmt::Debug for Changes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionChanges").finish_non_exhaustive()
+        f.debug_struct("Changes").finish_non_exhaustive()
     }
 }
 
-impl SessionChanges {
-    /// Waits for the next change. After [`SessionChange::Lost`] this listener is spent: open a new one with
-    /// [`Store::listen_session_changes`], so the caller knows when it listens again.
-    pub async fn next(&mut self) -> SessionChange {
-        match self.listener.try_recv().await {
-            Ok(Some(notification)) => SessionChange::Changed(notification.payload().to_owned()),
-            Ok(None) => SessionChange::Lost,
-            Err(err) => {
-                tracing::warn!(error = %err, "listening for session changes failed");
-                SessionChange::Lost
+impl Changes {
+    /// Waits for the next change. After [`Change::Lost`] this listener is spent: open a new one with
+    /// [`Store::listen_changes`], so the caller knows when it listens again.
+    pub async fn next(&mut self) -> Change {
+        loop {
+            let notification = match self.listener.try_recv().await {
+                Ok(Some(notification)) => notification,
+                Ok(None) => return Change::Lost,
+                Err(err) => {
+                    tracing::warn!(error = %err, "listening for changes failed");
+                    return Change::Lost;
+                }
+            };
+            let id = notification.payload().to_owned();
+            match notification.channel() {
+                SESSION_CHANGES_CHANNEL => return Change::Session(id),
+                USER_CHANGES_CHANNEL => return Change::User(id),
+                ORG_CHANGES_CHANNEL => return Change::Org(id),
+                // Only the channels above are listened to; anything else is not ours to act on.
+                other => tracing::debug!(channel = other, "ignoring a notification"),
             }
         }
     }
 }
 
 impl Store {
-    /// Starts listening for session changes: `Ok(None)` on SQLite, which has no listeners (one server per
-    /// file). Once this returns, every later committed change is announced to the listener.
-    pub async fn listen_session_changes(&self) -> Result<Option<SessionChanges>, StoreError> {
+    /// Starts listening for changes of sessions, users and orgs: `Ok(None)` on SQLite, which has no
+    /// listeners (one server per file). Once this returns, every later committed change is announced.
+    pub async fn listen_changes(&self) -> Result<Option<Changes>, StoreError> {
         let Some(pool) = self.postgres_pool() else { return Ok(None) };
         let mut listener = PgListener::connect_with(pool).await.map_err(StoreError::Connect)?;
-        listener.listen(SESSION_CHANGES_CHANNEL).await.map_err(StoreError::Connect)?;
-        Ok(Some(SessionChanges { listener }))
+        listener
+            .listen_all([SESSION_CHANGES_CHANNEL, USER_CHANGES_CHANNEL, ORG_CHANGES_CHANNEL])
+            .await
+            .map_err(StoreError::Connect)?;
+        Ok(Some(Changes { listener }))
     }
 }

@@ -21,7 +21,7 @@ mod store;
 pub mod testing;
 
 pub use backend::Backend;
-pub use changes::{SESSION_CHANGES_CHANNEL, SessionChange, SessionChanges};
+pub use changes::{Change, Changes, ORG_CHANGES_CHANNEL, SESSION_CHANGES_CHANNEL, USER_CHANGES_CHANNEL};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use event_log::{Planned, StateError, StateFuture, WriteContext, state};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::authz::{CallContext, Permission, Principal};
-use super::cache::{DEFAULT_PRINCIPAL_TTL, PrincipalCache};
+use super::cache::{DEFAULT_PRINCIPAL_TTL, PrincipalCache, UserKey};
 use super::model::{
     Email, Machine, Member, MemberScope, OrgFilter, OrgId, OrgState, Organization, Page, PersonalAccessToken, Phone,
     Profile, Role, TokenId, User, UserFilter, UserId, UserSort, UserState, org_primary_domain,
@@ -737,12 +737,21 @@ impl Identity {
         let mut details = if change.is_empty() {
             user.details.clone()
         } else {
-            self.repos().users.update_human(id, &change, ctx.actor()).await?
+            self.changing_user(id, self.repos().users.update_human(id, &change, ctx.actor())).await?
         };
         if let (Some(hash), Some(change)) = (new_hash, password) {
-            details = self.repos().users.set_password(id, &hash, change.change_required, ctx.actor()).await?;
+            let written = self.repos().users.set_password(id, &hash, change.change_required, ctx.actor());
+            details = self.changing_user(id, written).await?;
         }
         Ok(details)
+    }
+
+    /// Runs `write`, a change of user `id`, then makes the cache forget the user whatever the outcome (a
+    /// failed commit may still have applied). A lookup racing the write cannot store what it read.
+    async fn changing_user<T>(&self, id: &UserId, write: impl Future<Output = Result<T>>) -> Result<T> {
+        let written = write.await;
+        self.principals.invalidate_user(id);
+        written
     }
 
     /// Sets the password of a human user: the user itself with its current password, or a caller with
@@ -766,7 +775,7 @@ impl Identity {
         }
         let change = PasswordChange { password: new_password.to_owned(), verification, change_required };
         let hash = self.prepare_password(ctx, &user, &change, "new_password").await?;
-        self.repos().users.set_password(id, &hash, change_required, ctx.actor()).await
+        self.changing_user(id, self.repos().users.set_password(id, &hash, change_required, ctx.actor())).await
     }
 
     /// Checks a new password (policy, then the current password or the caller's permission) and hashes
@@ -819,7 +828,8 @@ impl Identity {
             // Best effort: the login succeeded either way, and the next successful login tries again
             // (e.g. when the pool is busy right now or a concurrent change replaced the hash).
             if let Ok(new_hash) = hasher.hash(password).await {
-                let _ = self.repos().users.replace_password_hash(user_id, &stored, &new_hash, user_id.as_str()).await;
+                let replaced = self.repos().users.replace_password_hash(user_id, &stored, &new_hash, user_id.as_str());
+                let _ = self.changing_user(user_id, replaced).await;
             }
         }
         Ok(true)
@@ -1020,9 +1030,60 @@ impl Identity {
         self.repos().users.find_by_login_name(login_name).await
     }
 
+    /// [`Self::find_user`] for sign-in checks and bearer authentication, which run on every login and call:
+    /// answered from the principal cache for at most [`DEFAULT_PRINCIPAL_TTL`]. This process's own changes
+    /// to the user are seen at once; another process's once it is announced through
+    /// [`Self::user_changed`] (the cache must be [`Self::suspend_user_cache`]d while that cannot be
+    /// heard). Callers that decide a write from the user read it with [`Self::find_user`].
+    pub async fn sign_in_user(&self, id: &UserId) -> Result<Option<User>> {
+        self.cached_user(UserKey::Id(id)).await
+    }
+
+    /// Forgets what this process remembers of user `id`, changed by another process (a replica).
+    pub fn user_changed(&self, id: &UserId) {
+        self.principals.invalidate_user(id);
+    }
+
+    /// Forgets every principal, org state and user this process remembers: an org was changed by another
+    /// process (a replica), which touches all its users.
+    pub fn org_changed(&self) {
+        self.principals.invalidate_all();
+    }
+
+    /// Stops remembering users for sign-in checks (everything is read fresh): changes made by other
+    /// processes can no longer be heard. PATs keep their TTL rule.
+    pub fn suspend_user_cache(&self) {
+        self.principals.suspend_users();
+    }
+
+    /// Remembers users for sign-in checks again: from now on every change made elsewhere is heard.
+    pub fn resume_user_cache(&self) {
+        self.principals.resume_users();
+    }
+
+    /// [`Self::find_user_by_login_name`] answered from the cache like [`Self::sign_in_user`].
+    pub async fn sign_in_user_by_login_name(&self, login_name: &str) -> Result<Option<User>> {
+        self.cached_user(UserKey::LoginName(login_name)).await
+    }
+
+    async fn cached_user(&self, key: UserKey<'_>) -> Result<Option<User>> {
+        let ticket = match self.principals.user(key, self.inner.clock.now()) {
+            Ok(user) => return Ok(Some(user)),
+            Err(ticket) => ticket,
+        };
+        let found = match key {
+            UserKey::Id(id) => self.repos().users.get(id).await?,
+            UserKey::LoginName(name) => self.repos().users.find_by_login_name(name).await?,
+        };
+        if let Some(user) = &found {
+            self.principals.put_user(ticket, key, user, self.inner.clock.now());
+        }
+        Ok(found)
+    }
+
     /// The user with `id` when it and its org are active; `None` otherwise.
     pub async fn find_active_user(&self, id: &UserId) -> Result<Option<User>> {
-        let Some(user) = self.find_user(id).await? else {
+        let Some(user) = self.sign_in_user(id).await? else {
             return Ok(None);
         };
         self.active(user).await

@@ -558,8 +558,8 @@ impl Sessions {
     /// The active user named by `check`; `None` when unknown, inactive, locked or of an inactive org.
     async fn resolve_user(&self, check: &UserCheck) -> Result<Option<User>> {
         let found = match check {
-            UserCheck::Id(id) => self.identity().find_user(id).await?,
-            UserCheck::LoginName(name) => self.identity().find_user_by_login_name(name).await?,
+            UserCheck::Id(id) => self.identity().sign_in_user(id).await?,
+            UserCheck::LoginName(name) => self.identity().sign_in_user_by_login_name(name).await?,
         };
         match found {
             Some(user) => self.identity().active(user).await,

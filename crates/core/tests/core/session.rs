@@ -233,8 +233,21 @@ impl UserRepo for Fake {
         let db = self.db.lock().await;
         Ok(page(db.users.iter().map(|u| db.user(u)).collect(), q))
     }
-    async fn update_human(&self, _id: &UserId, _change: &HumanChange, _actor: &str) -> Result<Details> {
-        Err(Error::internal("FAKE", "not needed"))
+    async fn update_human(&self, id: &UserId, change: &HumanChange, _actor: &str) -> Result<Details> {
+        // Only renames are needed here.
+        if change.profile.is_some() || change.email.is_some() || change.phone.is_some() {
+            return Err(Error::internal("FAKE", "not needed"));
+        }
+        let mut db = self.db.lock().await;
+        let row = db
+            .users
+            .iter_mut()
+            .find(|u| u.id == *id)
+            .ok_or_else(|| not_found(flowgate_core::identity::ports::USER_NOT_FOUND))?;
+        if let Some(username) = &change.username {
+            row.username = username.clone();
+        }
+        Ok(details(2, row.org_id.as_str()))
     }
     async fn password_hash(&self, id: &UserId) -> Result<Option<String>> {
         Ok(self.db.lock().await.users.iter().find(|u| u.id == *id).and_then(|u| u.hash.clone()))
@@ -1272,6 +1285,36 @@ async fn unknown_user_wrong_password_and_locked_user_look_the_same() {
     assert_eq!(e_wrong.metadata().get(FAILED_ATTEMPTS).map(String::as_str), Some("1"));
     assert!(e_unknown.metadata().is_empty());
     assert!(e_locked.metadata().is_empty());
+}
+
+#[tokio::test]
+async fn a_user_changed_here_is_seen_by_the_next_check_at_once() {
+    // Sign-in checks remember their users; every change made through this process must show at once.
+    let w = World::new().await;
+    let admin = w.admin().await;
+    let by_name =
+        |name: &str| checks(Checks { user: Some(UserCheck::LoginName(name.to_owned())), ..Checks::default() });
+    let by_id = || checks(Checks { user: Some(UserCheck::Id(w.alice.id.clone())), ..Checks::default() });
+    let old_name = w.alice.preferred_login_name.clone();
+    w.sessions.create(&w.client, by_name(&old_name), None).await.unwrap();
+    w.sessions.create(&w.client, by_id(), None).await.unwrap();
+
+    let rename = HumanUpdate { username: Some("alicia".to_owned()), ..HumanUpdate::default() };
+    w.identity.update_human(&admin, &w.alice.id, rename).await.unwrap();
+    let err = w.sessions.create(&w.client, by_name(&old_name), None).await.unwrap_err();
+    assert_eq!(err.id(), SESSION_CREDENTIALS_INVALID, "the old name names nobody any more");
+    let (session, _, _) = w.sessions.create(&w.client, by_id(), None).await.unwrap();
+    let new_name = session.factors.user.expect("user factor").login_name;
+    assert!(new_name.starts_with("alicia@"), "{new_name}");
+    w.sessions.create(&w.client, by_name(&new_name), None).await.unwrap();
+
+    w.identity.lock_user(&admin, &w.alice.id).await.unwrap();
+    for change in [by_name(&new_name), by_id()] {
+        let err = w.sessions.create(&w.client, change, None).await.unwrap_err();
+        assert_eq!(err.id(), SESSION_CREDENTIALS_INVALID, "a locked user cannot sign in");
+    }
+    w.identity.unlock_user(&admin, &w.alice.id).await.unwrap();
+    w.sessions.create(&w.client, by_name(&new_name), None).await.unwrap();
 }
 
 #[tokio::test]

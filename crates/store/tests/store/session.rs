@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use flowgate_core::ErrorKind;
 use flowgate_core::event::{AggregateRef, Details, NewEvent};
-use flowgate_core::identity::ports::{NewOrgRecord, NewUserKind, NewUserRecord, UserStateChange};
+use flowgate_core::identity::ports::{NewOrgRecord, NewUserKind, NewUserRecord, OrgStateChange, UserStateChange};
 use flowgate_core::identity::{Email, ListQuery, OrgId, Profile, UserId, UserState, org_primary_domain};
 use flowgate_core::session::ports::{
     NewOtpChallenge, NewSessionRecord, OtpConsume, SessionRepos, SessionState, SessionUpdate,
@@ -14,7 +14,7 @@ use flowgate_core::session::ports::{
 use flowgate_core::session::{
     Factors, LockoutKind, OtpKind, Session, SessionFilter, SessionId, TimestampMethod, UserAgent, UserFactor,
 };
-use flowgate_store::{Backend, SessionChange, Store, identity, session};
+use flowgate_store::{Backend, Change, Store, identity, session};
 use serde_json::json;
 
 use crate::common::scenarios;
@@ -735,10 +735,10 @@ async fn totp_registrations(store: &Store) {
     assert!(repos.totp.get(&alice).await.expect("get").is_none());
 }
 
-/// On PostgreSQL every committed update or deletion of a session row is announced with the session's id,
-/// and nothing is announced for a write that rolled back; SQLite has no listeners.
+/// On PostgreSQL every committed update or deletion of a session, user or org row is announced with its
+/// id on the table's channel, and nothing is announced for a write that rolled back; SQLite has no listeners.
 async fn changes_are_announced_to_listeners(store: &Store) {
-    let Some(mut changes) = store.listen_session_changes().await.expect("listen") else {
+    let Some(mut changes) = store.listen_changes().await.expect("listen") else {
         assert_eq!(store.backend(), Backend::Sqlite);
         return;
     };
@@ -757,7 +757,7 @@ async fn changes_are_announced_to_listeners(store: &Store) {
         events: vec![event("session.metadata.set")],
     };
     repos.sessions.apply(&SessionId::from("n1"), &read(&repos, "n1").await, &update, ACTOR).await.expect("apply");
-    assert_eq!(next(&mut changes).await, SessionChange::Changed("n1".into()));
+    assert_eq!(next(&mut changes).await, Change::Session("n1".into()));
     // A change that fails its sequence check rolls back: nothing to announce; the termination is next.
     assert!(
         repos
@@ -767,15 +767,32 @@ async fn changes_are_announced_to_listeners(store: &Store) {
             .is_err()
     );
     repos.sessions.terminate(&SessionId::from("n2"), None, ACTOR).await.expect("terminate");
-    assert_eq!(next(&mut changes).await, SessionChange::Changed("n2".into()));
+    assert_eq!(next(&mut changes).await, Change::Session("n2".into()));
     // Ending every session of a user announces each one it ended.
     repos.sessions.terminate_all_of_user(&UserId::from("alice"), ACTOR).await.expect("terminate all");
     let mut ended = vec![next(&mut changes).await, next(&mut changes).await];
     ended.sort_by_key(|c| format!("{c:?}"));
-    assert_eq!(ended, vec![SessionChange::Changed("n1".into()), SessionChange::Changed("n3".into())]);
+    assert_eq!(ended, vec![Change::Session("n1".into()), Change::Session("n3".into())]);
+
+    // Users and orgs: what replicas remember for sign-in checks. Creating announces nothing.
+    seed_user(store, "o2", "bob").await;
+    let identity = identity::repos(store);
+    identity.users.set_state(&UserId::from("alice"), UserStateChange::Lock, ACTOR).await.expect("lock");
+    assert_eq!(next(&mut changes).await, Change::User("alice".into()));
+    // A refused change rolls back: nothing to announce; the org's deactivation is next.
+    assert!(identity.users.set_state(&UserId::from("nobody"), UserStateChange::Lock, ACTOR).await.is_err());
+    identity.orgs.set_state(&OrgId::from("o2"), OrgStateChange::Deactivate, ACTOR).await.expect("deactivate");
+    assert_eq!(next(&mut changes).await, Change::Org("o2".into()));
+    // Deleting an org takes its users with it, and each of them is announced.
+    identity.orgs.delete(&OrgId::from("o2"), ACTOR).await.expect("delete org");
+    let mut gone = vec![next(&mut changes).await, next(&mut changes).await];
+    gone.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(gone, vec![Change::Org("o2".into()), Change::User("bob".into())]);
+    identity.users.delete(&UserId::from("alice"), ACTOR).await.expect("delete user");
+    assert_eq!(next(&mut changes).await, Change::User("alice".into()));
 }
 
 /// The next announced change, failing the test after ten seconds of silence.
-async fn next(changes: &mut flowgate_store::SessionChanges) -> SessionChange {
+async fn next(changes: &mut flowgate_store::Changes) -> Change {
     tokio::time::timeout(std::time::Duration::from_secs(10), changes.next()).await.expect("announced")
 }
