@@ -61,6 +61,19 @@ pub(crate) struct Pools {
     handles: Handles,
 }
 
+/// WAL pages after which the SQLite writer checkpoints by itself (SQLite's default is 1000): a safety net
+/// for when the background checkpoints fall behind, e.g. while long reads keep old frames in use.
+pub(crate) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
+/// What one checkpoint found, as `PRAGMA wal_checkpoint` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalProgress {
+    /// Frames in the WAL.
+    pub(crate) frames: i64,
+    /// Frames of them that are in the database file.
+    pub(crate) checkpointed: i64,
+}
+
 /// The sqlx pools, kept for statistics and shutdown.
 enum Handles {
     Sqlite { reader: SqlitePool, writer: Option<SqlitePool> },
@@ -148,12 +161,18 @@ pub(crate) async fn open(config: &StoreConfig) -> Result<Pools, StoreError> {
                 .synchronous(SqliteSynchronous::Normal);
             // The writer is opened first: it creates the file and switches it to WAL, a persistent property
             // of the file, so reader connections need not (and must not, it takes an exclusive lock) set it.
+            // Checkpoints run in the background ([`Pools::checkpoint`]), off the writer's serial section; the
+            // writer checkpoints only when they fall far behind.
+            let writer_options = options
+                .clone()
+                .journal_mode(SqliteJournalMode::Wal)
+                .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES.to_string());
             let writer = sqlite_pool()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .acquire_timeout(config.acquire_timeout)
-                .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
+                .connect_with(writer_options)
                 .await
                 .map_err(StoreError::Connect)?;
             let reader = sqlite_pool()
@@ -218,6 +237,16 @@ impl Pools {
     /// Whether all writing goes through one connection of its own (a SQLite file), apart from the readers.
     pub(crate) fn has_dedicated_writer(&self) -> bool {
         matches!(self.handles, Handles::Sqlite { writer: Some(_), .. })
+    }
+
+    /// Copies what the WAL holds back into an SQLite file without waiting for anyone (`PASSIVE`), on a
+    /// reader connection: answers the WAL's frames and how many of them are in the file now. `None` where
+    /// there is no WAL to checkpoint (PostgreSQL, in-memory SQLite).
+    pub(crate) async fn checkpoint(&self) -> Result<Option<WalProgress>, sea_orm::sqlx::Error> {
+        let Handles::Sqlite { reader, writer: Some(_) } = &self.handles else { return Ok(None) };
+        let (_busy, frames, checkpointed): (i64, i64, i64) =
+            sea_orm::sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(reader).await?;
+        Ok(Some(WalProgress { frames, checkpointed }))
     }
 
     /// The PostgreSQL pool, for what only PostgreSQL offers (listening for notifications).

@@ -1,7 +1,9 @@
 //! The store handle: pools, migrations and health.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use flowgate_core::system::StoreStatus;
@@ -25,7 +27,15 @@ struct Inner {
     write_attempts: u32,
     /// Shared transactions for concurrent writes, where one connection does all writing (SQLite files).
     group_commit: Option<GroupCommit>,
+    /// WAL frames the background checkpoints copied into the SQLite file so far.
+    checkpointed: AtomicU64,
 }
+
+/// Pause between background checkpoints while writes keep coming.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Longest pause between background checkpoints, reached while nothing is written.
+const CHECKPOINT_IDLE_PAUSE: Duration = Duration::from_millis(400);
 
 /// Connection counts of the store's pools, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +46,51 @@ pub struct PoolStats {
     pub idle: u32,
     /// Most connections the pools will open.
     pub max: u32,
+}
+
+/// Copies the WAL of an SQLite file back into the file while the store lives, so that the single writer
+/// never does it inside a commit: there a checkpoint (reading the WAL, writing and syncing the file) held up
+/// every write queued behind it. The checkpoints run on a reader connection, `PASSIVE`ly (they wait for
+/// nobody and skip frames that readers still use); every [`CHECKPOINT_PAUSE`] while writes come in, backing
+/// off to [`CHECKPOINT_IDLE_PAUSE`] when there is nothing to copy. The writer checkpoints by itself only when
+/// the WAL grows past [`backend::WRITER_AUTOCHECKPOINT_PAGES`]. Holds the store weakly: a store that is
+/// dropped or closed ends it.
+async fn checkpoint_in_background(store: Weak<Inner>) {
+    let mut pause = CHECKPOINT_PAUSE;
+    let mut last = None;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(inner) = store.upgrade() else { return };
+        if inner.pools.is_closed() {
+            return;
+        }
+        match inner.pools.checkpoint().await {
+            Ok(Some(progress)) => {
+                let copied = match last {
+                    // The same WAL as last time: the difference. A WAL restarted from its beginning since
+                    // (by the writer, once everything was copied) counts from zero.
+                    Some(backend::WalProgress { frames, checkpointed })
+                        if progress.frames >= frames && progress.checkpointed >= checkpointed =>
+                    {
+                        progress.checkpointed - checkpointed
+                    }
+                    _ => progress.checkpointed,
+                };
+                inner.checkpointed.fetch_add(u64::try_from(copied).unwrap_or(0), Ordering::Relaxed);
+                pause = if Some(progress) == last { (pause * 2).min(CHECKPOINT_IDLE_PAUSE) } else { CHECKPOINT_PAUSE };
+                last = Some(progress);
+            }
+            Ok(None) => return,
+            Err(err) => {
+                if inner.pools.is_closed() {
+                    return;
+                }
+                // The writer's own checkpoints still bound the WAL; try again later.
+                tracing::warn!(error = %err, "background checkpoint failed");
+                pause = CHECKPOINT_IDLE_PAUSE;
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -54,7 +109,18 @@ impl Store {
         let group_commit = (pools.has_dedicated_writer() && config.group_commit > 1)
             .then(|| GroupCommit::new(pools.writer.clone(), config.group_commit));
         let write_attempts = config.write_attempts.max(1);
-        Ok(Store { inner: Arc::new(Inner { pools, write_attempts, group_commit }) })
+        let has_wal = pools.has_dedicated_writer();
+        let inner = Arc::new(Inner { pools, write_attempts, group_commit, checkpointed: AtomicU64::new(0) });
+        if has_wal {
+            tokio::spawn(checkpoint_in_background(Arc::downgrade(&inner)));
+        }
+        Ok(Store { inner })
+    }
+
+    /// WAL frames the background checkpoints have copied into the SQLite file (0 on PostgreSQL and for
+    /// in-memory SQLite, which have none); a lower bound when the WAL restarts between two checkpoints.
+    pub fn checkpointed_frames(&self) -> u64 {
+        self.inner.checkpointed.load(Ordering::Relaxed)
     }
 
     /// Applies pending migrations in one transaction; safe to run again and from several replicas at once.

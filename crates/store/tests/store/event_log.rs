@@ -44,6 +44,7 @@ scenarios!(
     concurrent_writes_keep_their_own_outcomes,
     known_ends_skip_the_read_and_fall_back_when_stale,
     planned_writes_share_a_batch_and_keep_their_own_outcomes,
+    the_wal_is_copied_back_in_the_background,
 );
 
 fn aggregate(id: &str) -> AggregateRef {
@@ -218,6 +219,40 @@ async fn migrate_is_idempotent(store: &Store) {
     // Clones share the pools.
     let clone = store.clone();
     clone.ping().await.expect("ping through a clone");
+}
+
+/// On an SQLite file the writer leaves checkpoints to a background task and only steps in far behind it;
+/// PostgreSQL has no WAL of ours to copy.
+async fn the_wal_is_copied_back_in_the_background(store: &Store) {
+    migrated(store).await;
+    if store.backend() == Backend::Postgres {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.checkpointed_frames(), 0);
+        return;
+    }
+    let statement = Statement::from_string(DbBackend::Sqlite, "PRAGMA wal_autocheckpoint");
+    let row = store.writer().query_one_raw(statement).await.expect("pragma").expect("a row");
+    assert_eq!(row.try_get_by_index::<i64>(0).expect("pages"), 10_000, "the writer's safety net");
+    // The migrations wrote the WAL; the copy follows within a pause (100 ms while writes come in).
+    let copied = eventually_more_than(store, 0).await;
+    // Later writes are copied too, while the store lives.
+    for name in ["w1", "w2", "w3"] {
+        store.append(intent(name, Some(0), &["counter.added"])).await.expect("append");
+    }
+    eventually_more_than(store, copied).await;
+}
+
+/// Waits (at most ten seconds) until the background checkpoints copied more than `frames`; answers the count.
+async fn eventually_more_than(store: &Store, frames: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let copied = store.checkpointed_frames();
+        if copied > frames {
+            return copied;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint beyond {frames} frames");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn append_numbers_events_and_answers_details(store: &Store) {
