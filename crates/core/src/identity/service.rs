@@ -1039,6 +1039,11 @@ impl Identity {
         self.cached_user(UserKey::Id(id)).await
     }
 
+    /// [`Self::find_user_by_login_name`] answered from the cache like [`Self::sign_in_user`].
+    pub async fn sign_in_user_by_login_name(&self, login_name: &str) -> Result<Option<User>> {
+        self.cached_user(UserKey::LoginName(login_name)).await
+    }
+
     /// Forgets what this process remembers of user `id`, changed by another process (a replica).
     pub fn user_changed(&self, id: &UserId) {
         self.principals.invalidate_user(id);
@@ -1059,11 +1064,6 @@ impl Identity {
     /// Remembers users for sign-in checks again: from now on every change made elsewhere is heard.
     pub fn resume_user_cache(&self) {
         self.principals.resume_users();
-    }
-
-    /// [`Self::find_user_by_login_name`] answered from the cache like [`Self::sign_in_user`].
-    pub async fn sign_in_user_by_login_name(&self, login_name: &str) -> Result<Option<User>> {
-        self.cached_user(UserKey::LoginName(login_name)).await
     }
 
     async fn cached_user(&self, key: UserKey<'_>) -> Result<Option<User>> {
