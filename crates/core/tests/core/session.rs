@@ -62,6 +62,14 @@ fn not_found(id: &'static str) -> Error {
 }
 
 impl Db {
+    /// The row of user `id`, or the store's NotFound.
+    fn user_row(&mut self, id: &UserId) -> Result<&mut UserRow> {
+        self.users
+            .iter_mut()
+            .find(|u| u.id == *id)
+            .ok_or_else(|| not_found(flowgate_core::identity::ports::USER_NOT_FOUND))
+    }
+
     fn log(&mut self, aggregate: &str, event: &str) {
         self.events.push((aggregate.to_owned(), event.to_owned()));
     }
@@ -239,11 +247,7 @@ impl UserRepo for Fake {
             return Err(Error::internal("FAKE", "not needed"));
         }
         let mut db = self.db.lock().await;
-        let row = db
-            .users
-            .iter_mut()
-            .find(|u| u.id == *id)
-            .ok_or_else(|| not_found(flowgate_core::identity::ports::USER_NOT_FOUND))?;
+        let row = db.user_row(id)?;
         if let Some(username) = &change.username {
             row.username = username.clone();
         }
@@ -265,11 +269,7 @@ impl UserRepo for Fake {
     }
     async fn set_state(&self, id: &UserId, change: UserStateChange, _actor: &str) -> Result<Details> {
         let mut db = self.db.lock().await;
-        let row = db
-            .users
-            .iter_mut()
-            .find(|u| u.id == *id)
-            .ok_or_else(|| not_found(flowgate_core::identity::ports::USER_NOT_FOUND))?;
+        let row = db.user_row(id)?;
         row.state = change.target();
         let owner = row.org_id.clone();
         db.log(&format!("user/{id}"), change.event_type());
