@@ -315,3 +315,24 @@ pub enum Protocol {
 
 /// All three protocols.
 pub const PROTOCOLS: [Protocol; 3] = [Protocol::Grpc, Protocol::GrpcWeb, Protocol::Json];
+
+/// Calls `get` on a server until `done` accepts its answer within `within`.
+pub async fn eventually<T, F>(
+    what: &str,
+    within: std::time::Duration,
+    mut get: impl AsyncFnMut() -> Result<T, crate::client::Failure>,
+    done: F,
+) where
+    T: std::fmt::Debug,
+    F: Fn(&Result<T, crate::client::Failure>) -> bool,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let answer = get().await;
+        if done(&answer) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still {answer:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -7,7 +7,7 @@ use flowgate::pb::flowgate::user::v2 as user;
 use tonic::Code;
 
 use crate::client::{Client, Failure};
-use crate::harness::{PROTOCOLS, Protocol, Server};
+use crate::harness::{PROTOCOLS, Protocol, Server, eventually};
 
 const ADD_HUMAN: &str = "/flowgate.user.v2.UserService/AddHumanUser";
 const ADD_MACHINE: &str = "/flowgate.user.v2.UserService/AddMachineUser";
@@ -30,6 +30,7 @@ const DEACTIVATE_ORG: &str = "/flowgate.org.v2.OrganizationService/DeactivateOrg
 const REACTIVATE_ORG: &str = "/flowgate.org.v2.OrganizationService/ReactivateOrganization";
 const DELETE_ORG: &str = "/flowgate.org.v2.OrganizationService/DeleteOrganization";
 const CREATE_ADMIN: &str = "/flowgate.admin.v2.AdministratorService/CreateAdministrator";
+const DELETE_ADMIN: &str = "/flowgate.admin.v2.AdministratorService/DeleteAdministrator";
 
 fn org_ref(id: &str) -> Option<object::Organization> {
     Some(object::Organization { org: Some(object::organization::Org::OrgId(id.to_owned())) })
@@ -422,6 +423,64 @@ async fn machine_tokens_authenticate_and_bad_tokens_are_refused() {
     }
     let logs = server.logs().await.join("\n");
     assert!(!logs.contains(&token) && !logs.contains(&admin_token), "tokens must never be logged");
+}
+
+#[tokio::test]
+async fn a_role_or_token_revoked_on_one_server_stops_working_on_the_other() {
+    let first = Server::start().await;
+    let second = first.sibling().await;
+    let admin_token = first.admin_token();
+    // Resolved tokens are remembered with their owner's roles for up to 2 s. On PostgreSQL every membership
+    // and token change is announced and the other server forgets the owner at once: the half second is well
+    // inside the 2 s, so passing needs the announcements. On SQLite (two processes on one file, as during a
+    // restart) the other server sees it when its entry ages out.
+    let within = std::time::Duration::from_millis(if first.on_postgres() { 500 } else { 5000 });
+    let admin = Client::new(&first, Protocol::Grpc).with_token(&admin_token);
+    let org_id = add_org(&admin, "Wardens").await;
+    let target: user::AddHumanUserResponse =
+        admin.call(ADD_HUMAN, human("watched", Some(&org_id), None)).await.expect("a user to read");
+    for protocol in PROTOCOLS {
+        let (machine_id, token) =
+            add_machine_with_token(&admin, &format!("warden-{protocol:?}").to_lowercase(), &org_id).await;
+        // An instance-wide role: a membership that touches no org.
+        grant(&admin, &machine_id, None, "IAM_LOGIN_CLIENT").await;
+        let on_second = Client::new(&second, protocol).with_token(&token);
+        let read = || {
+            let c = &on_second;
+            let id = target.user_id.clone();
+            async move { c.call::<_, user::GetUserByIdResponse>(GET_USER, user::GetUserByIdRequest { user_id: id }).await }
+        };
+        read().await.expect("the second server resolves the token and its role (and may remember both)");
+
+        let instance = admin::ResourceType { resource: Some(admin::resource_type::Resource::Instance(true)) };
+        let _: admin::DeleteAdministratorResponse = admin
+            .call(
+                DELETE_ADMIN,
+                admin::DeleteAdministratorRequest { user_id: machine_id.clone(), resource: Some(instance) },
+            )
+            .await
+            .expect("revoke the role on the first server");
+        eventually(&format!("{protocol:?} role revoked"), within, read, |answer| {
+            answer.as_ref().is_err_and(|failure| failure.code == Code::PermissionDenied)
+        })
+        .await;
+        grant(&admin, &machine_id, None, "IAM_LOGIN_CLIENT").await;
+        eventually(&format!("{protocol:?} role granted again"), within, read, |answer| answer.is_ok()).await;
+
+        let pats: user::ListPersonalAccessTokensResponse = admin
+            .call(LIST_PATS, user::ListPersonalAccessTokensRequest { user_id: machine_id.clone(), query: None })
+            .await
+            .expect("list pats");
+        let token_id = pats.result.first().expect("the machine's token").id.clone();
+        let _: user::RemovePersonalAccessTokenResponse = admin
+            .call(REMOVE_PAT, user::RemovePersonalAccessTokenRequest { user_id: machine_id.clone(), token_id })
+            .await
+            .expect("remove the token on the first server");
+        eventually(&format!("{protocol:?} token removed"), within, read, |answer| {
+            answer.as_ref().is_err_and(|failure| failure.code == Code::Unauthenticated)
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use flowgate::pb::flowgate::user::v2 as user;
 use tonic::Code;
 
 use crate::client::{Client, Failure};
-use crate::harness::{PROTOCOLS, Protocol, Server};
+use crate::harness::{PROTOCOLS, Protocol, Server, eventually};
 
 const CREATE: &str = "/flowgate.session.v2.SessionService/CreateSession";
 const SET: &str = "/flowgate.session.v2.SessionService/SetSession";
@@ -619,27 +619,6 @@ async fn deactivating_a_user_ends_its_sessions_and_lists_filter() {
         } else {
             assert!(res.is_ok(), "the stayer's session is untouched: {res:?}");
         }
-    }
-}
-
-/// Calls `get` on a server until `done` accepts its answer within `within`.
-async fn eventually<T, F>(
-    what: &str,
-    within: std::time::Duration,
-    mut get: impl AsyncFnMut() -> Result<T, Failure>,
-    done: F,
-) where
-    T: std::fmt::Debug,
-    F: Fn(&Result<T, Failure>) -> bool,
-{
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let answer = get().await;
-        if done(&answer) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: still {answer:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -1,8 +1,11 @@
 //! Changes announced by PostgreSQL to every listening server. Triggers (migrations
-//! `m20261124_000006_session_notify` and `m20261125_000007_identity_notify`) notify a channel per table
-//! with the id of every row that is updated or deleted, when the transaction commits: sessions on
-//! [`SESSION_CHANGES_CHANNEL`], users on [`USER_CHANGES_CHANNEL`], orgs on [`ORG_CHANGES_CHANNEL`].
-//! Servers that remember such rows forget a changed one as soon as the notification arrives.
+//! `m20261124_000006_session_notify`, `m20261125_000007_identity_notify` and
+//! `m20261125_000008_credential_notify`) notify a channel per table with the id of every row that is
+//! updated or deleted, when the transaction commits: sessions on [`SESSION_CHANGES_CHANNEL`], users on
+//! [`USER_CHANGES_CHANNEL`], orgs on [`ORG_CHANGES_CHANNEL`]. What a user's bearer tokens grant — the tokens
+//! themselves and the user's memberships — is announced as a change of the user (an org membership also as a
+//! change of the org). Servers that remember such
+//! rows forget a changed one as soon as the notification arrives.
 
 use sea_orm::sqlx::postgres::PgListener;
 

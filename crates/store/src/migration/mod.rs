@@ -12,6 +12,7 @@ mod m20261124_000004_flows;
 mod m20261124_000005_idps;
 mod m20261124_000006_session_notify;
 mod m20261125_000007_identity_notify;
+mod m20261125_000008_credential_notify;
 
 /// The ordered list of flowgate's migrations.
 #[derive(Debug, Clone, Copy, Default)]
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_idps::Migration),
             Box::new(m20261124_000006_session_notify::Migration),
             Box::new(m20261125_000007_identity_notify::Migration),
+            Box::new(m20261125_000008_credential_notify::Migration),
         ]
     }
 }

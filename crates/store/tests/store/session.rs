@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use flowgate_core::ErrorKind;
 use flowgate_core::event::{AggregateRef, Details, NewEvent};
-use flowgate_core::identity::ports::{NewOrgRecord, NewUserKind, NewUserRecord, OrgStateChange, UserStateChange};
-use flowgate_core::identity::{Email, ListQuery, OrgId, Profile, UserId, UserState, org_primary_domain};
+use flowgate_core::identity::ports::{
+    NewOrgRecord, NewTokenRecord, NewUserKind, NewUserRecord, OrgStateChange, UserStateChange,
+};
+use flowgate_core::identity::{
+    Email, ListQuery, MemberScope, OrgId, Profile, Role, TokenId, UserId, UserState, org_primary_domain,
+};
 use flowgate_core::session::ports::{
     NewOtpChallenge, NewSessionRecord, OtpConsume, SessionRepos, SessionState, SessionUpdate,
 };
@@ -790,6 +794,40 @@ async fn changes_are_announced_to_listeners(store: &Store) {
     assert_eq!(gone, vec![Change::Org("o2".into()), Change::User("bob".into())]);
     identity.users.delete(&UserId::from("alice"), ACTOR).await.expect("delete user");
     assert_eq!(next(&mut changes).await, Change::User("alice".into()));
+
+    // What a user's bearer tokens grant is announced as a change of the user: its tokens (a token write is
+    // also a write on the user's aggregate, which touches the user row) and its memberships, instance-wide
+    // ones included.
+    seed_user(store, "o3", "carol").await;
+    let carol = UserId::from("carol");
+    let token = NewTokenRecord {
+        id: TokenId::from("t-carol"),
+        user_id: carol.clone(),
+        token_hash: "hash-t-carol".into(),
+        expiration: None,
+    };
+    identity.tokens.create(&token, ACTOR).await.expect("create token");
+    assert_eq!(next(&mut changes).await, Change::User("carol".into()));
+    let instance = MemberScope::Instance;
+    identity.members.set(&carol, &instance, &[Role::IamOwner], ACTOR).await.expect("grant");
+    assert_eq!(next(&mut changes).await, Change::User("carol".into()));
+    identity.members.set(&carol, &instance, &[Role::IamLoginClient], ACTOR).await.expect("replace");
+    assert_eq!(next(&mut changes).await, Change::User("carol".into()));
+    identity.members.remove(&carol, &instance, ACTOR).await.expect("revoke");
+    assert_eq!(next(&mut changes).await, Change::User("carol".into()));
+    // A membership in an org is also a write on the org's aggregate, which touches (and announces) its row.
+    let org = MemberScope::Org(OrgId::from("o3"));
+    identity.members.set(&carol, &org, &[Role::OrgOwner], ACTOR).await.expect("grant in org");
+    let mut both = vec![next(&mut changes).await, next(&mut changes).await];
+    both.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(both, vec![Change::Org("o3".into()), Change::User("carol".into())]);
+    identity.tokens.delete(&carol, &TokenId::from("t-carol"), ACTOR).await.expect("remove token");
+    assert_eq!(next(&mut changes).await, Change::User("carol".into()));
+    // Nothing else was announced on the way (each step above raised exactly one notification).
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), changes.next()).await.is_err(),
+        "nothing more is announced"
+    );
 }
 
 /// The next announced change, failing the test after ten seconds of silence.
