@@ -48,13 +48,16 @@ pub enum StoreError {
     Db(#[from] DbErr),
 }
 
+/// Error id of a write whose expected sequence was not the aggregate's.
+pub(crate) const SEQUENCE_MISMATCH: &str = "STORE-sequence-mismatch";
+
 impl From<StoreError> for Error {
     /// The one place that decides what a store failure means to callers; causes stay attached for logs.
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::SequenceMismatch { .. } => Error::new(
                 ErrorKind::Aborted,
-                "STORE-sequence-mismatch",
+                SEQUENCE_MISMATCH,
                 "the object was changed concurrently; read it again and retry",
             )
             .with_source(err),

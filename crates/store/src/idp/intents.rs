@@ -3,19 +3,23 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flowgate_core::event::{Details, NewEvent};
+use flowgate_core::event::{Details, NewEvent, WriteIntent};
 use flowgate_core::idp::ports::{IDP_NOT_FOUND, INSTANCE_OWNER, IntentRepo, IntentSuccess, NewIntentRecord};
 use flowgate_core::idp::{Intent, IntentFailure, IntentId, IntentState, StoredExternalUser};
 use flowgate_core::{Error, ErrorKind, Result};
 use sea_orm::sea_query::{Expr, SimpleExpr};
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
+    SqlErr,
+};
 use serde_json::json;
 
-use super::entity::{idp_intents, idps};
+use super::entity::idp_intents;
 use super::{IDP_INTENT, IdpRepositories, micros, serialize_error};
+use crate::error::SEQUENCE_MISMATCH;
 use crate::error::db_error;
-use crate::event_log::{StateError, state};
-use crate::identity::{corrupt, db_sequence, event, intent, not_found, row_details, taken};
+use crate::event_log::{Planned, StateError, state};
+use crate::identity::{already_exists, corrupt, db_sequence, event, intent, not_found, row_details, taken};
 
 /// Error id: AlreadyExists, an intent with the same id exists (only with a broken id generator).
 pub const INTENT_ID_TAKEN: &str = "IDP-intent-id-taken";
@@ -93,6 +97,20 @@ async fn transition(
     Ok(created_at)
 }
 
+/// What a failed insert of a new intent means: its IdP is gone, or its id is taken.
+fn intent_refused(err: DbErr) -> StateError {
+    if matches!(err.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_))) {
+        return not_found(IDP_NOT_FOUND, "IdP not found").into();
+    }
+    taken(err, &[], (INTENT_ID_TAKEN, INTENT_ID_TAKEN_MESSAGE))
+}
+
+const INTENT_ID_TAKEN_MESSAGE: &str = "an intent with this id exists already";
+
+fn intent_id_taken() -> Error {
+    already_exists(INTENT_ID_TAKEN, INTENT_ID_TAKEN_MESSAGE)
+}
+
 impl IdpRepositories {
     /// One conditional transition of intent `id` with `events`: `None` when the intent was missing or not
     /// in state `from` (nothing written), else the write's details with the intent's creation date.
@@ -151,26 +169,29 @@ impl IntentRepo for IdpRepositories {
             "idp.intent.started",
             json!({ "idp_id": idp_id.as_str(), "success_url": success_url, "failure_url": failure_url }),
         )];
-        let (_, details) = self
+        // Nothing is read back, so the write can go to a batch as statements. Whether the IdP exists is left
+        // to the intent's foreign key (a missing IdP becomes NotFound below): the caller read the IdP just
+        // before, so only a removal racing the start meets it.
+        let new = WriteIntent {
+            expected_sequence: Some(0),
+            ..intent(IDP_INTENT, id.as_str(), INSTANCE_OWNER, actor, events)
+        };
+        let written = self
             .store
-            .write_returning(intent(IDP_INTENT, id.as_str(), INSTANCE_OWNER, actor, events), |txn, ctx| {
+            .write_new_planned(new, |ctx, backend| {
                 let mut row = template.clone();
-                state(async move {
-                    // Checked here rather than left to the foreign key: its violation would be an internal error.
-                    if idps::Entity::find_by_id(row.idp_id.as_str()).one(txn).await?.is_none() {
-                        return Err(not_found(IDP_NOT_FOUND, "IdP not found").into());
-                    }
-                    row.changed_at = ctx.created_at;
-                    row.sequence = db_sequence(ctx.sequence)?;
-                    idp_intents::Entity::insert(idp_intents::ActiveModel::from(row).reset_all())
-                        .exec_without_returning(txn)
-                        .await
-                        .map_err(|e| taken(e, &[], (INTENT_ID_TAKEN, "an intent with this id exists already")))?;
-                    Ok(())
-                })
+                row.changed_at = ctx.created_at;
+                row.sequence = db_sequence(ctx.sequence)?;
+                let insert = idp_intents::Entity::insert(idp_intents::ActiveModel::from(row).reset_all());
+                Ok(Planned { value: (), statements: vec![insert.build(backend)], on_error: intent_refused })
             })
-            .await?;
-        Ok(Details { creation_date: created_at, ..details })
+            .await;
+        match written {
+            Ok((_, details)) => Ok(Details { creation_date: created_at, ..details }),
+            // A new aggregate whose log exists already: the id is taken.
+            Err(err) if err.id() == SEQUENCE_MISMATCH => Err(intent_id_taken().with_source(err)),
+            Err(err) => Err(err),
+        }
     }
 
     async fn purge_expired(&self, before: DateTime<Utc>) -> Result<u64> {
