@@ -16,8 +16,7 @@ use serde_json::json;
 
 use super::entity::idp_intents;
 use super::{IDP_INTENT, IdpRepositories, micros, serialize_error};
-use crate::error::SEQUENCE_MISMATCH;
-use crate::error::db_error;
+use crate::error::{SEQUENCE_MISMATCH, db_error};
 use crate::event_log::{Planned, StateError, state};
 use crate::identity::{already_exists, corrupt, db_sequence, event, intent, not_found, row_details, taken};
 
