@@ -151,6 +151,14 @@ impl Server {
         self.database_url.is_some()
     }
 
+    /// How long a change made on this server may take to reach a sibling's caches, which trust an entry
+    /// for 2 s. On PostgreSQL the change is announced and the sibling forgets the entry at once: `announced`
+    /// is chosen well inside those 2 s, so a test that passes needs the announcements to work. On SQLite (two
+    /// processes on one file, as during a restart) the sibling sees it when its entry ages out.
+    pub fn sibling_sees_changes_within(&self, announced: std::time::Duration) -> std::time::Duration {
+        if self.on_postgres() { announced } else { std::time::Duration::from_secs(5) }
+    }
+
     /// An HTTP/1.1 client.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

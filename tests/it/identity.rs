@@ -430,11 +430,9 @@ async fn a_role_or_token_revoked_on_one_server_stops_working_on_the_other() {
     let first = Server::start().await;
     let second = first.sibling().await;
     let admin_token = first.admin_token();
-    // Resolved tokens are remembered with their owner's roles for up to 2 s. On PostgreSQL every membership
-    // and token change is announced and the other server forgets the owner at once: the half second is well
-    // inside the 2 s, so passing needs the announcements. On SQLite (two processes on one file, as during a
-    // restart) the other server sees it when its entry ages out.
-    let within = std::time::Duration::from_millis(if first.on_postgres() { 500 } else { 5000 });
+    // Resolved tokens are remembered with their owner's roles; every membership and token change is
+    // announced as a change of the owner.
+    let within = first.sibling_sees_changes_within(std::time::Duration::from_millis(500));
     let admin = Client::new(&first, Protocol::Grpc).with_token(&admin_token);
     let org_id = add_org(&admin, "Wardens").await;
     let target: user::AddHumanUserResponse =

@@ -627,10 +627,8 @@ async fn a_change_on_one_server_is_seen_by_the_other() {
     let first = Server::start().await;
     let second = first.sibling().await;
     let token = first.admin_token();
-    // On PostgreSQL the database announces each change and the other server forgets it at once: well inside
-    // the 2 s for which a remembered session is trusted, so passing needs the announcements to work. On
-    // SQLite (two processes on one file, as during a restart) the other server sees it when its entry ages out.
-    let within = std::time::Duration::from_millis(if first.on_postgres() { 1500 } else { 5000 });
+    // Sessions read by id are remembered.
+    let within = first.sibling_sees_changes_within(std::time::Duration::from_millis(1500));
     add_user(&Client::new(&first, Protocol::Grpc).with_token(&token), "roamer").await;
     for protocol in PROTOCOLS {
         let (on_first, on_second) =
@@ -678,11 +676,8 @@ async fn a_user_locked_on_one_server_cannot_sign_in_on_the_other() {
     let first = Server::start().await;
     let second = first.sibling().await;
     let token = first.admin_token();
-    // Sign-in checks remember their user. On PostgreSQL the lock is announced and the other server forgets
-    // the user at once; the half second is well inside the 2 s an entry would otherwise live, so passing
-    // needs the announcements to work. On SQLite (two processes on one file, as during a restart) the other
-    // server sees it when its entry ages out.
-    let within = std::time::Duration::from_millis(if first.on_postgres() { 500 } else { 5000 });
+    // Sign-in checks remember their user; a lock is announced as a change of the user.
+    let within = first.sibling_sees_changes_within(std::time::Duration::from_millis(500));
     let user_id = add_user(&Client::new(&first, Protocol::Grpc).with_token(&token), "wanderer").await;
     for protocol in PROTOCOLS {
         let (on_first, on_second) =

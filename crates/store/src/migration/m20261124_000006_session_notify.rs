@@ -4,7 +4,6 @@
 //! SQLite has no listeners; there the migration does nothing.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 pub(super) struct Migration;
 
@@ -17,34 +16,30 @@ impl MigrationName for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
         // Notifications are sent when the transaction commits, and never for one that rolls back.
-        db.execute_unprepared(
-            "CREATE OR REPLACE FUNCTION flowgate_session_changed() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN \
-               PERFORM pg_notify('flowgate_sessions', CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END); \
-               RETURN NULL; \
-             END $$",
+        super::on_postgres(
+            manager,
+            &[
+                "CREATE OR REPLACE FUNCTION flowgate_session_changed() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN \
+                   PERFORM pg_notify('flowgate_sessions', CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END); \
+                   RETURN NULL; \
+                 END $$",
+                "CREATE TRIGGER sessions_changed AFTER UPDATE OR DELETE ON sessions \
+                 FOR EACH ROW EXECUTE FUNCTION flowgate_session_changed()",
+            ],
         )
-        .await?;
-        db.execute_unprepared(
-            "CREATE TRIGGER sessions_changed AFTER UPDATE OR DELETE ON sessions \
-             FOR EACH ROW EXECUTE FUNCTION flowgate_session_changed()",
-        )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
-        db.execute_unprepared("DROP TRIGGER IF EXISTS sessions_changed ON sessions").await?;
-        db.execute_unprepared("DROP FUNCTION IF EXISTS flowgate_session_changed()").await?;
-        Ok(())
+        super::on_postgres(
+            manager,
+            &[
+                "DROP TRIGGER IF EXISTS sessions_changed ON sessions",
+                "DROP FUNCTION IF EXISTS flowgate_session_changed()",
+            ],
+        )
+        .await
     }
 }

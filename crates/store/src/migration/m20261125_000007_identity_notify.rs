@@ -5,7 +5,6 @@
 //! SQLite has no listeners; there the migration does nothing.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 pub(super) struct Migration;
 
@@ -18,41 +17,34 @@ impl MigrationName for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
         // One function for both tables: the channel is the trigger's argument. Notifications are sent when
         // the transaction commits, and never for one that rolls back.
-        db.execute_unprepared(
-            "CREATE OR REPLACE FUNCTION flowgate_row_changed() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN \
-               PERFORM pg_notify(TG_ARGV[0], CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END); \
-               RETURN NULL; \
-             END $$",
+        super::on_postgres(
+            manager,
+            &[
+                "CREATE OR REPLACE FUNCTION flowgate_row_changed() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN \
+                   PERFORM pg_notify(TG_ARGV[0], CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END); \
+                   RETURN NULL; \
+                 END $$",
+                "CREATE TRIGGER users_changed AFTER UPDATE OR DELETE ON users \
+                 FOR EACH ROW EXECUTE FUNCTION flowgate_row_changed('flowgate_users')",
+                "CREATE TRIGGER orgs_changed AFTER UPDATE OR DELETE ON orgs \
+                 FOR EACH ROW EXECUTE FUNCTION flowgate_row_changed('flowgate_orgs')",
+            ],
         )
-        .await?;
-        db.execute_unprepared(
-            "CREATE TRIGGER users_changed AFTER UPDATE OR DELETE ON users \
-             FOR EACH ROW EXECUTE FUNCTION flowgate_row_changed('flowgate_users')",
-        )
-        .await?;
-        db.execute_unprepared(
-            "CREATE TRIGGER orgs_changed AFTER UPDATE OR DELETE ON orgs \
-             FOR EACH ROW EXECUTE FUNCTION flowgate_row_changed('flowgate_orgs')",
-        )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
-        db.execute_unprepared("DROP TRIGGER IF EXISTS orgs_changed ON orgs").await?;
-        db.execute_unprepared("DROP TRIGGER IF EXISTS users_changed ON users").await?;
-        db.execute_unprepared("DROP FUNCTION IF EXISTS flowgate_row_changed()").await?;
-        Ok(())
+        super::on_postgres(
+            manager,
+            &[
+                "DROP TRIGGER IF EXISTS orgs_changed ON orgs",
+                "DROP TRIGGER IF EXISTS users_changed ON users",
+                "DROP FUNCTION IF EXISTS flowgate_row_changed()",
+            ],
+        )
+        .await
     }
 }

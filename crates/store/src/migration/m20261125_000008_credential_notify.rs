@@ -12,7 +12,6 @@
 //! SQLite has no listeners; there the migration does nothing.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 pub(super) struct Migration;
 
@@ -25,42 +24,34 @@ impl MigrationName for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
         // Both tables name their user in `user_id`.
-        db.execute_unprepared(
-            "CREATE OR REPLACE FUNCTION flowgate_owner_changed() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN \
-               PERFORM pg_notify(TG_ARGV[0], CASE WHEN TG_OP = 'DELETE' THEN OLD.user_id ELSE NEW.user_id END); \
-               RETURN NULL; \
-             END $$",
+        super::on_postgres(
+            manager,
+            &[
+                "CREATE OR REPLACE FUNCTION flowgate_owner_changed() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN \
+                   PERFORM pg_notify(TG_ARGV[0], CASE WHEN TG_OP = 'DELETE' THEN OLD.user_id ELSE NEW.user_id END); \
+                   RETURN NULL; \
+                 END $$",
+                "CREATE TRIGGER personal_access_tokens_changed \
+                 AFTER INSERT OR UPDATE OR DELETE ON personal_access_tokens \
+                 FOR EACH ROW EXECUTE FUNCTION flowgate_owner_changed('flowgate_users')",
+                "CREATE TRIGGER members_changed AFTER INSERT OR UPDATE OR DELETE ON members \
+                 FOR EACH ROW EXECUTE FUNCTION flowgate_owner_changed('flowgate_users')",
+            ],
         )
-        .await?;
-        db.execute_unprepared(
-            "CREATE TRIGGER personal_access_tokens_changed \
-             AFTER INSERT OR UPDATE OR DELETE ON personal_access_tokens \
-             FOR EACH ROW EXECUTE FUNCTION flowgate_owner_changed('flowgate_users')",
-        )
-        .await?;
-        db.execute_unprepared(
-            "CREATE TRIGGER members_changed AFTER INSERT OR UPDATE OR DELETE ON members \
-             FOR EACH ROW EXECUTE FUNCTION flowgate_owner_changed('flowgate_users')",
-        )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        let db = manager.get_connection();
-        db.execute_unprepared("DROP TRIGGER IF EXISTS members_changed ON members").await?;
-        db.execute_unprepared("DROP TRIGGER IF EXISTS personal_access_tokens_changed ON personal_access_tokens")
-            .await?;
-        db.execute_unprepared("DROP FUNCTION IF EXISTS flowgate_owner_changed()").await?;
-        Ok(())
+        super::on_postgres(
+            manager,
+            &[
+                "DROP TRIGGER IF EXISTS members_changed ON members",
+                "DROP TRIGGER IF EXISTS personal_access_tokens_changed ON personal_access_tokens",
+                "DROP FUNCTION IF EXISTS flowgate_owner_changed()",
+            ],
+        )
+        .await
     }
 }

@@ -1,9 +1,11 @@
 //! Schema migrations, applied in order by [`Migrator`]; one module per migration.
 //!
 //! Names are written out in each module (not derived from file names) so that moving a file can never
-//! rename an applied migration. A migration, once released, is never edited: add a new one.
+//! rename an applied migration. What a migration does, once released, is never changed: add a new one.
+//! (Their code may share helpers that run the very same statements.)
 
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, DbErr};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager};
 
 mod m20261124_000001_event_log;
 mod m20261124_000002_identity;
@@ -32,4 +34,17 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000008_credential_notify::Migration),
         ]
     }
+}
+
+/// Runs `statements` in order on PostgreSQL, and nothing on SQLite: for the migrations that add what only
+/// PostgreSQL offers (triggers that announce changes to listening servers; SQLite has no listeners).
+async fn on_postgres(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let db = manager.get_connection();
+    for statement in statements {
+        db.execute_unprepared(statement).await?;
+    }
+    Ok(())
 }
