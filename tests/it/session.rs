@@ -131,6 +131,12 @@ async fn login_flow_over_every_protocol() {
             .await
             .unwrap_or_else(|e| panic!("{protocol:?} create: {e:?}"));
         assert!(created.session_token.len() >= 40, "{protocol:?}: token too short");
+        // The token names its session: `fgs_<session id>.<secret>`.
+        assert!(
+            created.session_token.starts_with(&format!("fgs_{}.", created.session_id)),
+            "{protocol:?}: {}",
+            created.session_token
+        );
         let first_token = created.session_token.clone();
         // One event per fact (added, user checked, metadata, lifetime): the sequence counts them.
         let created_sequence = created.details.as_ref().expect("details").sequence;
@@ -208,9 +214,11 @@ async fn login_flow_over_every_protocol() {
         assert_eq!(session.user_agent.expect("ua").fingerprint_id.as_deref(), Some(format!("fp-{username}").as_str()));
         assert!(session.sequence > created_sequence, "{protocol:?}: the password check is an event");
 
-        // The rotated-out token, a truncated, an extended and a case-flipped one are all refused.
+        // The rotated-out token, a truncated, an extended and a case-flipped one are all refused. The case
+        // is flipped in the secret, after the session id the token names.
         let mut flipped: Vec<char> = set.session_token.chars().collect();
-        let at = flipped.iter().skip(4).position(char::is_ascii_alphabetic).expect("a letter") + 4;
+        let secret = set.session_token.rfind('.').expect("fgs_<session id>.<secret>") + 1;
+        let at = flipped.iter().skip(secret).position(char::is_ascii_alphabetic).expect("a letter") + secret;
         flipped[at] = if flipped[at].is_ascii_uppercase() {
             flipped[at].to_ascii_lowercase()
         } else {

@@ -125,9 +125,14 @@ impl Store {
 
     /// Applies pending migrations in one transaction; safe to run again and from several replicas at once.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_steps(None).await
+    }
+
+    /// [`Store::migrate`] for the next `steps` pending migrations only (all of them for `None`).
+    pub(crate) async fn migrate_steps(&self, steps: Option<u32>) -> Result<(), StoreError> {
         let txn = self.writer().begin_with_options(backend::write_transaction_options(self.backend())).await?;
         backend::lock_migrations(&txn, self.backend()).await?;
-        Migrator::up(&txn, None).await?;
+        Migrator::up(&txn, steps).await?;
         txn.commit().await?;
         Ok(())
     }

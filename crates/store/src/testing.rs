@@ -1,12 +1,16 @@
-//! Throw-away databases for test suites: every test gets its own, on SQLite or on PostgreSQL.
+//! Throw-away databases for test suites: every test gets its own, on SQLite or on PostgreSQL, migrated
+//! fully or (to test a migration) up to an older schema.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use sea_orm::DbErr;
 
 use crate::backend::testing::{
     DB_PREFIX, create_postgres_database, drop_postgres_database, drop_unused_databases, is_postgres,
 };
 use crate::error::StoreError;
+use crate::store::Store;
 
 /// URL of a database nobody else uses: a new `flowgate_t_<uuid>` database on the server of a PostgreSQL
 /// `base`, otherwise a new SQLite file in a new directory under the system's temp dir (left for the OS to clean).
@@ -49,6 +53,18 @@ pub async fn drop_stale_databases(base: &str) -> Result<u64, StoreError> {
         return Ok(0);
     }
     drop_unused_databases(base, STALE_AFTER).await
+}
+
+/// Applies the pending migrations up to and including the one named `last`, and no later one: a schema of
+/// before, for testing a migration on rows written before it. `last` not pending ⇒ [`StoreError::Db`]
+/// naming it.
+pub async fn migrate_until(store: &Store, last: &str) -> Result<(), StoreError> {
+    let pending = store.pending_migrations().await?;
+    let Some(position) = pending.iter().position(|name| name == last) else {
+        return Err(StoreError::Db(DbErr::Migration(format!("migration {last} is not pending"))));
+    };
+    let steps = u32::try_from(position + 1).map_err(|_| DbErr::Migration("too many migrations".to_owned()))?;
+    store.migrate_steps(Some(steps)).await
 }
 
 /// Age after which an unused test database counts as left over.

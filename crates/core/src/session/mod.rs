@@ -21,4 +21,7 @@ pub use service::{
     SESSION_USER_MISSING, SessionConfig, Sessions, TOTP_ALREADY_VERIFIED, TOTP_CODE_INVALID, TOTP_EXISTS,
     TOTP_NOT_HUMAN,
 };
-pub use token::{SESSION_TOKEN_PREFIX, generate_session_token, is_well_formed_session_token, session_token_hash};
+pub use token::{
+    SESSION_TOKEN_PREFIX, SessionTokenShape, generate_session_token, is_well_formed_session_token, parse_session_token,
+    session_token_hash,
+};

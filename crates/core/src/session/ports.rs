@@ -61,7 +61,7 @@ pub struct NewSessionRecord {
     pub user_agent: Option<UserAgent>,
     /// Initial state.
     pub state: SessionState,
-    /// Lower-case hex SHA-256 of the session token; unique.
+    /// Lower-case hex SHA-256 of the session token (which names the session, so no other has it).
     pub token_hash: String,
     /// Challenges created by the same request.
     pub challenges: Vec<NewOtpChallenge>,
@@ -98,12 +98,13 @@ pub trait SessionRepo: Send + Sync {
     async fn create(&self, record: &NewSessionRecord, actor: &str) -> Result<Session>;
     /// The session with `id`, terminated or not, with its token hash.
     async fn get(&self, id: &SessionId) -> Result<Option<StoredSession>>;
-    /// The session whose current token hash equals `token_hash` exactly (terminated or not).
-    async fn get_by_token_hash(&self, token_hash: &str) -> Result<Option<Session>>;
-    /// Replaces the state and token hash, stores the challenges and appends the events, only if the
-    /// session's last sequence is still `read.sequence` (else Aborted) and it is not terminated (else
-    /// FailedPrecondition [`SESSION_TERMINATED`]). Missing ⇒ NotFound [`SESSION_NOT_FOUND`]. `read` is the
-    /// session's details as the caller read them; its dates spare the store reading them again.
+    /// The session (terminated or not) with digest `token_hash`, found only for legacy-shaped unrotated tokens.
+    async fn get_by_legacy_token_hash(&self, token_hash: &str) -> Result<Option<Session>>;
+    /// Replaces the state and token hash (so a legacy token stops being found too), stores the challenges
+    /// and appends the events, only if the session's last sequence is still `read.sequence` (else Aborted)
+    /// and it is not terminated (else FailedPrecondition [`SESSION_TERMINATED`]). Missing ⇒ NotFound
+    /// [`SESSION_NOT_FOUND`]. `read` is the session's details as the caller read them; its dates spare the
+    /// store reading them again.
     async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, actor: &str) -> Result<Session>;
     /// Non-terminated sessions matching all `filters`, ordered by creation date (`q.asc`), then id;
     /// `q.limit` is 1..=1000.

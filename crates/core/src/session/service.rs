@@ -18,7 +18,9 @@ use super::ports::{
     IntentVerifier, NewOtpChallenge, NewSessionRecord, OtpConsume, OtpSender, SESSION_NOT_FOUND, SESSION_TERMINATED,
     SessionRepos, SessionState, SessionUpdate, TOTP_NOT_FOUND,
 };
-use super::token::{generate_session_token, is_well_formed_session_token, session_token_hash};
+use super::token::{
+    SessionTokenShape, generate_session_token, parse_session_token, session_token_hash, session_token_opens,
+};
 use super::totp;
 use crate::event::{Details, NewEvent};
 use crate::identity::ports::SYSTEM_ACTOR;
@@ -380,7 +382,7 @@ impl Sessions {
         let (challenges, returned) =
             self.create_challenges(&id, outcome.user.as_ref(), None, &change.challenges, now, &mut events).await?;
         self.consume_intent(outcome.intent).await?;
-        let token = generate_session_token()?;
+        let token = generate_session_token(&id)?;
         let record = NewSessionRecord {
             id,
             creator: ctx.actor().to_owned(),
@@ -438,7 +440,7 @@ impl Sessions {
             events.push(event("session.token.rotated", json!({})));
         }
         self.consume_intent(pending_intent).await?;
-        let token = generate_session_token()?;
+        let token = generate_session_token(id)?;
         let update = SessionUpdate {
             state: SessionState { factors, metadata, expiration },
             token_hash: token.hash.clone(),
@@ -738,8 +740,8 @@ impl Sessions {
     // ---------------------------------------------------------------- get / list / delete
 
     /// Whether the caller may see or end `session` with `perm`: its token, or the creator, or its user, or
-    /// `perm` in the user's org (instance roles everywhere). A wrong token ⇒ PermissionDenied
-    /// [`SESSION_TOKEN_INVALID`], neither ⇒ PermissionDenied [`SESSION_DENIED`].
+    /// `perm` in the user's org (instance roles everywhere). A wrong token, or another session's ⇒
+    /// PermissionDenied [`SESSION_TOKEN_INVALID`], neither ⇒ PermissionDenied [`SESSION_DENIED`].
     fn authorize(
         &self,
         ctx: &CallContext,
@@ -749,8 +751,9 @@ impl Sessions {
         perm: Permission,
     ) -> Result<()> {
         if let Some(token) = token {
-            // Strict shape first, then the digest of the whole string: truncated or extended tokens fail.
-            if is_well_formed_session_token(token) && session_token_hash(token) == token_hash {
+            // Strict shape, the session it names, then the digest of the whole string: truncated, extended and
+            // other sessions' tokens fail alike.
+            if session_token_opens(token, &session.id, token_hash) {
                 return Ok(());
             }
             return Err(Error::new(ErrorKind::PermissionDenied, SESSION_TOKEN_INVALID, "the session token is invalid"));
@@ -837,11 +840,20 @@ impl Sessions {
     /// (strictly parsed, compared in full); `None` for anything else. The user's state is checked by
     /// [`Identity::authenticate`].
     pub async fn principal_for_token(&self, token: &str) -> Result<Option<UserId>> {
-        if !is_well_formed_session_token(token) {
-            return Ok(None);
-        }
-        let Some(session) = self.repos().sessions.get_by_token_hash(&session_token_hash(token)).await? else {
-            return Ok(None);
+        let session = match parse_session_token(token) {
+            // Read by primary key (answered from the session cache when it can), then the digest compared.
+            Some(SessionTokenShape::Split { id }) => match self.repos().sessions.get(&SessionId::from(id)).await? {
+                Some(stored) if session_token_opens(token, &stored.session.id, &stored.token_hash) => stored.session,
+                Some(_) | None => return Ok(None),
+            },
+            // Issued before tokens named their session: only its digest can find it.
+            Some(SessionTokenShape::Legacy) => {
+                match self.repos().sessions.get_by_legacy_token_hash(&session_token_hash(token)).await? {
+                    Some(session) => session,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
         };
         if session.terminated || session.is_expired(self.now()) {
             return Ok(None);

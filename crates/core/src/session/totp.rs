@@ -6,6 +6,7 @@ use rand::TryRngCore;
 use rand::rngs::OsRng;
 use sha1::Sha1;
 
+use crate::identity::token::constant_time_eq;
 use crate::{Error, Result};
 
 /// Digits of a TOTP code.
@@ -85,11 +86,6 @@ pub fn time_step(at: DateTime<Utc>) -> u64 {
 /// The code for `secret` (base32) at `at`; `None` for an undecodable secret.
 pub fn code_at(secret: &str, at: DateTime<Utc>) -> Option<String> {
     hotp(&base32_decode(secret)?, time_step(at))
-}
-
-/// Equality of two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The step (current ±1) whose code equals `code`, if any; every candidate is computed and compared so

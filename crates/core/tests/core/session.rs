@@ -27,6 +27,8 @@ struct UserRow {
 struct SessionRow {
     session: Session,
     token_hash: String,
+    /// Set only for sessions stored with a legacy-shaped token (see `give_legacy_token`).
+    legacy_token_hash: Option<String>,
 }
 
 struct ChallengeRow {
@@ -50,6 +52,8 @@ struct Db {
     counters: HashMap<(UserId, LockoutKind), u32>,
     /// (aggregate, event type) in write order.
     events: Vec<(String, String)>,
+    /// Calls of `SessionRepo::get_by_legacy_token_hash`.
+    legacy_lookups: usize,
 }
 
 fn details(sequence: u64, owner: &str) -> Details {
@@ -356,7 +360,11 @@ impl SessionRepo for Fake {
         };
         db.store_challenges(&record.id, &record.challenges);
         db.log_all(&record.id, &record.events);
-        db.sessions.push(SessionRow { session: session.clone(), token_hash: record.token_hash.clone() });
+        db.sessions.push(SessionRow {
+            session: session.clone(),
+            token_hash: record.token_hash.clone(),
+            legacy_token_hash: None,
+        });
         Ok(session)
     }
     async fn get(&self, id: &SessionId) -> Result<Option<StoredSession>> {
@@ -367,9 +375,10 @@ impl SessionRepo for Fake {
             .find(|r| r.session.id == *id)
             .map(|r| StoredSession { session: r.session.clone(), token_hash: r.token_hash.clone() }))
     }
-    async fn get_by_token_hash(&self, token_hash: &str) -> Result<Option<Session>> {
-        let db = self.db.lock().await;
-        Ok(db.sessions.iter().find(|r| r.token_hash == token_hash).map(|r| r.session.clone()))
+    async fn get_by_legacy_token_hash(&self, token_hash: &str) -> Result<Option<Session>> {
+        let mut db = self.db.lock().await;
+        db.legacy_lookups += 1;
+        Ok(db.sessions.iter().find(|r| r.legacy_token_hash.as_deref() == Some(token_hash)).map(|r| r.session.clone()))
     }
     async fn apply(&self, id: &SessionId, read: &Details, update: &SessionUpdate, _actor: &str) -> Result<Session> {
         let expected_sequence = read.sequence;
@@ -387,6 +396,7 @@ impl SessionRepo for Fake {
         row.session.details.sequence += update.events.len() as u64;
         row.session.details.change_date = Utc::now();
         row.token_hash = update.token_hash.clone();
+        row.legacy_token_hash = None;
         let session = row.session.clone();
         db.store_challenges(id, &update.challenges);
         db.log_all(id, &update.events);
@@ -719,13 +729,41 @@ fn kind_id(e: &Error) -> (ErrorKind, String) {
 }
 
 fn flip_case(token: &str) -> String {
-    // Flip the first letter after the prefix so only the case differs.
-    let (prefix, rest) = token.split_at(SESSION_TOKEN_PREFIX.len());
-    let idx = rest.find(|c: char| c.is_ascii_alphabetic()).unwrap();
-    let mut chars: Vec<char> = rest.chars().collect();
+    // Flip the first letter of the secret so only the case differs (the session id stays the same).
+    let (head, secret) = token.split_at(token.rfind('.').map_or(SESSION_TOKEN_PREFIX.len(), |dot| dot + 1));
+    let idx = secret.find(|c: char| c.is_ascii_alphabetic()).unwrap();
+    let mut chars: Vec<char> = secret.chars().collect();
     chars[idx] =
         if chars[idx].is_ascii_lowercase() { chars[idx].to_ascii_uppercase() } else { chars[idx].to_ascii_lowercase() };
-    format!("{prefix}{}", chars.into_iter().collect::<String>())
+    format!("{head}{}", chars.into_iter().collect::<String>())
+}
+
+/// The secret part of a split token.
+fn secret_of(token: &str) -> &str {
+    token.rsplit_once('.').expect("a split token").1
+}
+
+/// `token` naming session `id` instead of its own.
+fn with_id(token: &str, id: &SessionId) -> String {
+    format!("{SESSION_TOKEN_PREFIX}{id}.{}", secret_of(token))
+}
+
+impl World {
+    /// Stores session `id` as sessions issued before tokens named their session were: its current token is
+    /// a legacy-shaped one (answered), found through its legacy digest.
+    async fn give_legacy_token(&self, id: &SessionId, split: &str) -> String {
+        let legacy = format!("{SESSION_TOKEN_PREFIX}{}", secret_of(split));
+        assert_eq!(parse_session_token(&legacy), Some(SessionTokenShape::Legacy));
+        let mut db = self.fake.db.lock().await;
+        let row = db.sessions.iter_mut().find(|r| r.session.id == *id).expect("session");
+        row.token_hash = session_token_hash(&legacy);
+        row.legacy_token_hash = Some(row.token_hash.clone());
+        legacy
+    }
+
+    async fn legacy_lookups(&self) -> usize {
+        self.fake.db.lock().await.legacy_lookups
+    }
 }
 
 // ------------------------------------------------------------------------------------------ tests
@@ -736,7 +774,10 @@ async fn create_checks_user_and_password_and_answers_a_token() {
     let agent = UserAgent { fingerprint_id: Some("fp-1".to_owned()), ..UserAgent::default() };
     let change = checks(user_and_password(&w.alice, PASSWORD));
     let (session, token, challenges) = w.sessions.create(&w.client, change, Some(agent.clone())).await.unwrap();
-    assert!(token.starts_with("fgs_") && token.len() == 47 && is_well_formed_session_token(&token));
+    // `fgs_<session id>.<43 base64url characters>`
+    assert_eq!(parse_session_token(&token), Some(SessionTokenShape::Split { id: session.id.as_str() }));
+    assert!(token.starts_with(&format!("fgs_{}.", session.id)) && is_well_formed_session_token(&token));
+    assert_eq!(token.len(), "fgs_".len() + session.id.as_str().len() + 1 + 43);
     assert_eq!(challenges.otp_sms, None);
     let user = session.factors.user.clone().unwrap();
     assert_eq!(user.id, w.alice.id);
@@ -895,6 +936,88 @@ async fn session_tokens_are_bearer_tokens_of_their_user() {
     w.identity.deactivate_user(&w.admin().await, &w.alice.id).await.unwrap();
     let err = w.identity.authenticate(Some(&format!("Bearer {token}"))).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_split_bearer_token_finds_its_session_by_id() {
+    let w = World::new().await;
+    let (_, token) = w.alice_session().await;
+    assert_eq!(w.sessions.principal_for_token(&token).await.unwrap(), Some(w.alice.id.clone()));
+    let principal = w.identity.authenticate(Some(&format!("Bearer {token}"))).await.unwrap();
+    assert_eq!(principal.user_id, w.alice.id);
+    assert_eq!(w.legacy_lookups().await, 0, "read by id, never by digest");
+    // A well-formed token naming no session is refused like any other.
+    let unknown = with_id(&token, &SessionId::from("no-such-session"));
+    assert_eq!(w.sessions.principal_for_token(&unknown).await.unwrap(), None);
+    assert_eq!(w.legacy_lookups().await, 0);
+}
+
+#[tokio::test]
+async fn a_split_token_naming_another_session_fails() {
+    let w = World::new().await;
+    let (a, token_a) = w.alice_session().await;
+    let (b, token_b) = w.alice_session().await;
+    let admin = w.admin().await;
+    // A's secret with B's id: B exists and is alice's, but its digest is of another token.
+    for (bad, id) in [(with_id(&token_a, &b.id), &b.id), (with_id(&token_b, &a.id), &a.id)] {
+        assert_eq!(w.sessions.principal_for_token(&bad).await.unwrap(), None, "{bad}");
+        let err = w.identity.authenticate(Some(&format!("Bearer {bad}"))).await.unwrap_err();
+        assert_eq!(kind_id(&err), (ErrorKind::Unauthenticated, AUTH_TOKEN_INVALID.to_owned()), "{bad}");
+        let err = w.sessions.get(&admin, id, Some(&bad)).await.unwrap_err();
+        assert_eq!(kind_id(&err), (ErrorKind::PermissionDenied, SESSION_TOKEN_INVALID.to_owned()), "{bad}");
+    }
+    // The tokens themselves still work.
+    assert_eq!(w.sessions.principal_for_token(&token_a).await.unwrap(), Some(w.alice.id.clone()));
+    assert_eq!(w.sessions.principal_for_token(&token_b).await.unwrap(), Some(w.alice.id.clone()));
+}
+
+#[tokio::test]
+async fn a_legacy_token_works_until_the_session_is_set() {
+    let w = World::new().await;
+    let (session, split) = w.alice_session().await;
+    let legacy = w.give_legacy_token(&session.id, &split).await;
+    let admin = w.admin().await;
+
+    assert_eq!(w.sessions.principal_for_token(&legacy).await.unwrap(), Some(w.alice.id.clone()));
+    assert_eq!(w.legacy_lookups().await, 1, "found by its digest");
+    let principal = w.identity.authenticate(Some(&format!("Bearer {legacy}"))).await.unwrap();
+    assert_eq!(principal.user_id, w.alice.id);
+    w.sessions.get(&admin, &session.id, Some(&legacy)).await.unwrap();
+    // The split token issued before the row was rewritten is not the session's token any more.
+    assert_eq!(w.sessions.principal_for_token(&split).await.unwrap(), None);
+    for bad in [format!("{legacy}A"), legacy[..legacy.len() - 1].to_owned(), flip_case(&legacy)] {
+        assert_eq!(w.sessions.principal_for_token(&bad).await.unwrap(), None, "{bad}");
+    }
+
+    // A change rotates it out: the new token is a split one, the legacy one is refused everywhere.
+    let (_, rotated, _) = w.sessions.set(&w.client, &session.id, SessionChange::default()).await.unwrap();
+    assert_eq!(parse_session_token(&rotated), Some(SessionTokenShape::Split { id: session.id.as_str() }));
+    assert_eq!(w.sessions.principal_for_token(&legacy).await.unwrap(), None);
+    let err = w.identity.authenticate(Some(&format!("Bearer {legacy}"))).await.unwrap_err();
+    assert_eq!(kind_id(&err), (ErrorKind::Unauthenticated, AUTH_TOKEN_INVALID.to_owned()));
+    let err = w.sessions.get(&admin, &session.id, Some(&legacy)).await.unwrap_err();
+    assert_eq!(kind_id(&err), (ErrorKind::PermissionDenied, SESSION_TOKEN_INVALID.to_owned()));
+    assert_eq!(w.sessions.principal_for_token(&rotated).await.unwrap(), Some(w.alice.id.clone()));
+}
+
+#[tokio::test]
+async fn authorize_refuses_a_token_of_another_session() {
+    let w = World::new().await;
+    let (a, token_a) = w.alice_session().await;
+    let (b, _) = w.alice_session().await;
+    let (_, plain) = machine(&w.identity, &w.admin().await, &w.org, "plain", vec![]).await;
+    let plain = ctx_of(&w.identity, &plain).await;
+    let err = w.sessions.get(&plain, &b.id, Some(&token_a)).await.unwrap_err();
+    assert_eq!(kind_id(&err), (ErrorKind::PermissionDenied, SESSION_TOKEN_INVALID.to_owned()));
+    let err = w.sessions.delete(&plain, &b.id, Some(&token_a)).await.unwrap_err();
+    assert_eq!(kind_id(&err), (ErrorKind::PermissionDenied, SESSION_TOKEN_INVALID.to_owned()));
+    // Even were B's stored digest that of A's token, A's token names A and does not open B.
+    w.fake.db.lock().await.sessions.iter_mut().find(|r| r.session.id == b.id).unwrap().token_hash =
+        session_token_hash(&token_a);
+    let err = w.sessions.get(&plain, &b.id, Some(&token_a)).await.unwrap_err();
+    assert_eq!(kind_id(&err), (ErrorKind::PermissionDenied, SESSION_TOKEN_INVALID.to_owned()));
+    assert_eq!(w.sessions.principal_for_token(&token_a).await.unwrap(), Some(w.alice.id.clone()));
+    w.sessions.get(&plain, &a.id, Some(&token_a)).await.unwrap();
 }
 
 #[tokio::test]

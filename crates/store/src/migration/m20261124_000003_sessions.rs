@@ -87,76 +87,90 @@ fn sessions_index(name: &str, col: Sessions) -> IndexCreateStatement {
     Index::create().name(name).table(Sessions::Table).col(col).to_owned()
 }
 
+/// The columns of `sessions`, in order, as this migration creates them; also what later migrations that
+/// rebuild the table start from.
+pub(super) fn session_columns() -> Vec<ColumnDef> {
+    vec![
+        text(Sessions::Id).primary_key().to_owned(),
+        text(Sessions::Creator),
+        ColumnDef::new(Sessions::UserId).text().null().to_owned(),
+        // The user factor as it was when checked (the contract answers it so, not as it is now).
+        ColumnDef::new(Sessions::UserLoginName).text().null().to_owned(),
+        ColumnDef::new(Sessions::UserDisplayName).text().null().to_owned(),
+        ColumnDef::new(Sessions::UserOrgId).text().null().to_owned(),
+        at_or_null(Sessions::UserCheckedAt),
+        at_or_null(Sessions::PasswordCheckedAt),
+        at_or_null(Sessions::TotpCheckedAt),
+        at_or_null(Sessions::OtpSmsCheckedAt),
+        at_or_null(Sessions::OtpEmailCheckedAt),
+        at_or_null(Sessions::IntentCheckedAt),
+        // SHA-256 of the current token; replaced on every change, so the old token stops matching in the
+        // same commit.
+        text(Sessions::TokenHash),
+        ColumnDef::new(Sessions::Metadata).json_binary().not_null().to_owned(),
+        ColumnDef::new(Sessions::UserAgent).json_binary().null().to_owned(),
+        // Copied out of `user_agent` so that the fingerprint filter can use an index.
+        ColumnDef::new(Sessions::FingerprintId).text().null().to_owned(),
+        at_or_null(Sessions::Expiration),
+        at_or_null(Sessions::TerminatedAt),
+        at(Sessions::CreatedAt),
+        at(Sessions::ChangedAt),
+        ColumnDef::new(Sessions::Sequence).big_integer().not_null().to_owned(),
+    ]
+}
+
+/// The unique index on the token digest this migration creates with `sessions`: a lookup by digest finds
+/// one session or none.
+pub(super) fn token_hash_key() -> IndexCreateStatement {
+    Index::create().name("sessions_token_hash_key").col(Sessions::TokenHash).unique().to_owned()
+}
+
+/// The plain indexes of `sessions`, for the filters of the list call.
+pub(super) fn session_indexes() -> [IndexCreateStatement; 4] {
+    [
+        sessions_index("sessions_user_id_idx", Sessions::UserId),
+        sessions_index("sessions_fingerprint_id_idx", Sessions::FingerprintId),
+        sessions_index("sessions_expiration_idx", Sessions::Expiration),
+        sessions_index("sessions_created_at_idx", Sessions::CreatedAt),
+    ]
+}
+
+/// `otp_challenges` as this migration creates it. One open challenge per session and kind: a new challenge
+/// replaces the old one (and its code).
+pub(super) fn otp_challenges_table() -> TableCreateStatement {
+    Table::create()
+        .table(OtpChallenges::Table)
+        .col(text(OtpChallenges::SessionId))
+        .col(text(OtpChallenges::Kind).check(Expr::col(OtpChallenges::Kind).is_in(["sms", "email"])))
+        .col(text(OtpChallenges::CodeHash))
+        .col(at(OtpChallenges::ExpiresAt))
+        .col(at_or_null(OtpChallenges::UsedAt))
+        .col(at(OtpChallenges::CreatedAt))
+        .primary_key(Index::create().name("otp_challenges_pkey").col(OtpChallenges::SessionId).col(OtpChallenges::Kind))
+        .foreign_key(
+            ForeignKey::create()
+                .name("otp_challenges_session_id_fkey")
+                .from(OtpChallenges::Table, OtpChallenges::SessionId)
+                .to(Sessions::Table, Sessions::Id)
+                .on_delete(ForeignKeyAction::Cascade),
+        )
+        .to_owned()
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // No foreign key on `user_id`: a session outlives the removal of its user as a terminated record,
         // and the removal terminates it through the lifecycle hook, which needs the row still there.
-        manager
-            .create_table(
-                Table::create()
-                    .table(Sessions::Table)
-                    .col(text(Sessions::Id).primary_key())
-                    .col(text(Sessions::Creator))
-                    .col(ColumnDef::new(Sessions::UserId).text().null())
-                    // The user factor as it was when checked (the contract answers it so, not as it is now).
-                    .col(ColumnDef::new(Sessions::UserLoginName).text().null())
-                    .col(ColumnDef::new(Sessions::UserDisplayName).text().null())
-                    .col(ColumnDef::new(Sessions::UserOrgId).text().null())
-                    .col(at_or_null(Sessions::UserCheckedAt))
-                    .col(at_or_null(Sessions::PasswordCheckedAt))
-                    .col(at_or_null(Sessions::TotpCheckedAt))
-                    .col(at_or_null(Sessions::OtpSmsCheckedAt))
-                    .col(at_or_null(Sessions::OtpEmailCheckedAt))
-                    .col(at_or_null(Sessions::IntentCheckedAt))
-                    // SHA-256 of the current token; replaced on every change, so the old token stops matching
-                    // in the same commit. Unique: a lookup by digest finds one session or none.
-                    .col(text(Sessions::TokenHash))
-                    .col(ColumnDef::new(Sessions::Metadata).json_binary().not_null())
-                    .col(ColumnDef::new(Sessions::UserAgent).json_binary().null())
-                    // Copied out of `user_agent` so that the fingerprint filter can use an index.
-                    .col(ColumnDef::new(Sessions::FingerprintId).text().null())
-                    .col(at_or_null(Sessions::Expiration))
-                    .col(at_or_null(Sessions::TerminatedAt))
-                    .col(at(Sessions::CreatedAt))
-                    .col(at(Sessions::ChangedAt))
-                    .col(ColumnDef::new(Sessions::Sequence).big_integer().not_null())
-                    .index(Index::create().name("sessions_token_hash_key").col(Sessions::TokenHash).unique())
-                    .to_owned(),
-            )
-            .await?;
-        manager.create_index(sessions_index("sessions_user_id_idx", Sessions::UserId)).await?;
-        manager.create_index(sessions_index("sessions_fingerprint_id_idx", Sessions::FingerprintId)).await?;
-        manager.create_index(sessions_index("sessions_expiration_idx", Sessions::Expiration)).await?;
-        manager.create_index(sessions_index("sessions_created_at_idx", Sessions::CreatedAt)).await?;
-
-        // One open challenge per session and kind: a new challenge replaces the old one (and its code).
-        manager
-            .create_table(
-                Table::create()
-                    .table(OtpChallenges::Table)
-                    .col(text(OtpChallenges::SessionId))
-                    .col(text(OtpChallenges::Kind).check(Expr::col(OtpChallenges::Kind).is_in(["sms", "email"])))
-                    .col(text(OtpChallenges::CodeHash))
-                    .col(at(OtpChallenges::ExpiresAt))
-                    .col(at_or_null(OtpChallenges::UsedAt))
-                    .col(at(OtpChallenges::CreatedAt))
-                    .primary_key(
-                        Index::create()
-                            .name("otp_challenges_pkey")
-                            .col(OtpChallenges::SessionId)
-                            .col(OtpChallenges::Kind),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("otp_challenges_session_id_fkey")
-                            .from(OtpChallenges::Table, OtpChallenges::SessionId)
-                            .to(Sessions::Table, Sessions::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .to_owned(),
-            )
-            .await?;
+        let mut sessions = Table::create().table(Sessions::Table).to_owned();
+        for column in session_columns() {
+            sessions.col(column);
+        }
+        manager.create_table(sessions.index(&mut token_hash_key()).to_owned()).await?;
+        for index in session_indexes() {
+            manager.create_index(index).await?;
+        }
+        manager.create_table(otp_challenges_table()).await?;
 
         // The secret is stored as registered (see the session contract: encrypted once a key exists) and
         // never returned after the registration call.

@@ -15,6 +15,8 @@ mod m20261124_000005_idps;
 mod m20261124_000006_session_notify;
 mod m20261125_000007_identity_notify;
 mod m20261125_000008_credential_notify;
+mod m20261125_000009_session_token_selector;
+mod m20261125_000010_session_sparse_indexes;
 
 /// The ordered list of flowgate's migrations.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,6 +34,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000006_session_notify::Migration),
             Box::new(m20261125_000007_identity_notify::Migration),
             Box::new(m20261125_000008_credential_notify::Migration),
+            Box::new(m20261125_000009_session_token_selector::Migration),
+            Box::new(m20261125_000010_session_sparse_indexes::Migration),
         ]
     }
 }

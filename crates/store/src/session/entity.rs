@@ -1,4 +1,5 @@
-//! Rows of the session tables (see migration `m20261124_000003_sessions`); never leave the store.
+//! Rows of the session tables (see migrations `m20261124_000003_sessions` and
+//! `m20261125_000009_session_token_selector`); never leave the store.
 
 pub(crate) mod sessions {
     //! One session: its factors, current token digest, client data and lifetime.
@@ -21,6 +22,10 @@ pub(crate) mod sessions {
         pub otp_email_checked_at: Option<DateTimeUtc>,
         pub intent_checked_at: Option<DateTimeUtc>,
         pub token_hash: String,
+        /// `token_hash` again while the current token is of the legacy shape (no session id in it): the
+        /// only way to find its session. Written by the migration that put the id into tokens, cleared by
+        /// the session's next rotation, never set again.
+        pub legacy_token_hash: Option<String>,
         #[sea_orm(column_type = "JsonBinary")]
         pub metadata: Json,
         #[sea_orm(column_type = "JsonBinary", nullable)]

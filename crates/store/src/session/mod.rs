@@ -2,9 +2,10 @@
 //! counters, implementing the ports of [`flowgate_core::session::ports`] over the [`Store`].
 //!
 //! Every session change is one [`Store::write`] on the session aggregate (state row, challenges and events
-//! together, the token digest replaced in the same commit). What must hold under concurrency without an
-//! event (a one-time code used once, a TOTP step accepted once, failed-attempt counters that never pass
-//! their limit) is a single conditional `UPDATE`, decided by the database row lock on both engines.
+//! together, the token digest replaced in the same commit, a legacy token's lookup digest cleared with it).
+//! What must hold under concurrency without an event (a one-time code used once, a TOTP step accepted once,
+//! failed-attempt counters that never pass their limit) is a single conditional `UPDATE`, decided by the
+//! database row lock on both engines.
 
 mod entity;
 pub(crate) mod lockout;
@@ -12,7 +13,7 @@ mod otp;
 mod repo;
 mod totp;
 
-pub use repo::{SESSION_ID_TAKEN, SESSION_TOKEN_HASH_TAKEN};
+pub use repo::SESSION_ID_TAKEN;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,6 +89,8 @@ fn blank_row(id: String, creator: String, token_hash: String) -> sessions::Model
         otp_email_checked_at: None,
         intent_checked_at: None,
         token_hash,
+        // New tokens name their session and are found by its id.
+        legacy_token_hash: None,
         metadata: empty_object(),
         user_agent: None,
         fingerprint_id: None,

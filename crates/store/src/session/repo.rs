@@ -25,21 +25,16 @@ use crate::error::db_error;
 use crate::event_log::{Planned, StateError, StateFuture, WriteContext, state};
 use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
 
-/// Error id: AlreadyExists, a session with the same token digest exists (only with a broken random source).
-pub const SESSION_TOKEN_HASH_TAKEN: &str = "SESSION-token-hash-taken";
 /// Error id: AlreadyExists, a session with the same id exists.
 pub const SESSION_ID_TAKEN: &str = "SESSION-id-taken";
 
 /// Id of the error that rolls a termination back when another one won the race; never leaves this module.
 const ALREADY_TERMINATED: &str = "STORE-session-already-terminated";
 
-/// The unique indexes of `sessions` and the errors their violations mean.
+/// What a unique violation of a new session means: its id is taken. (The other unique index, on
+/// `legacy_token_hash`, only holds digests of tokens issued before, and new rows leave it NULL.)
 fn session_taken(err: sea_orm::DbErr) -> StateError {
-    taken(
-        err,
-        &[("token_hash", SESSION_TOKEN_HASH_TAKEN, "a session with this token digest exists already")],
-        (SESSION_ID_TAKEN, "a session with this id exists already"),
-    )
+    taken(err, &[], (SESSION_ID_TAKEN, "a session with this id exists already"))
 }
 
 /// Rolls a termination back when another one got there first (its event too).
@@ -229,10 +224,10 @@ impl SessionRepo for SessionRepositories {
         Ok(Some(StoredSession { session: session_from_row(row)?, token_hash }))
     }
 
-    async fn get_by_token_hash(&self, token_hash: &str) -> Result<Option<Session>> {
-        // Equality on the whole digest; the unique index makes it one lookup.
+    async fn get_by_legacy_token_hash(&self, token_hash: &str) -> Result<Option<Session>> {
+        // Equality on the whole digest: a non-NULL value, so the partial unique index serves it on both engines.
         let row = sessions::Entity::find()
-            .filter(sessions::Column::TokenHash.eq(token_hash))
+            .filter(sessions::Column::LegacyTokenHash.eq(token_hash))
             .one(self.store.reader())
             .await
             .map_err(db_error)?;
@@ -251,6 +246,8 @@ impl SessionRepo for SessionRepositories {
                     // Only what changes is written; the row comes back whole.
                     let mut changes = state_changes(&update.state);
                     changes.token_hash = sea_orm::Set(update.token_hash);
+                    // A legacy token stops working with its rotation, as every replaced token does.
+                    changes.legacy_token_hash = sea_orm::Set(None);
                     changes.changed_at = sea_orm::Set(ctx.created_at);
                     changes.sequence = sea_orm::Set(db_sequence(ctx.sequence)?);
                     let updated = sessions::Entity::update_many()
@@ -259,8 +256,7 @@ impl SessionRepo for SessionRepositories {
                         .filter(sessions::Column::Sequence.eq(previous))
                         .filter(sessions::Column::TerminatedAt.is_null())
                         .exec_with_returning(txn)
-                        .await
-                        .map_err(session_taken)?;
+                        .await?;
                     let Some(row) = updated.into_iter().next() else {
                         // Gone (NotFound), terminated, or changed since it was read: say which.
                         if session_row(txn, &id).await?.terminated_at.is_some() {

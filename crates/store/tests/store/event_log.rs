@@ -14,7 +14,7 @@ use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, D
 use flowgate_store::{Backend, Planned, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
 use serde_json::json;
 
-const LATEST_MIGRATION: &str = "m20261125_000008_credential_notify";
+const LATEST_MIGRATION: &str = "m20261125_000010_session_sparse_indexes";
 
 fn config(url: Option<String>, data_dir: std::path::PathBuf) -> StoreConfig {
     StoreConfig {
@@ -202,6 +202,8 @@ async fn migrate_is_idempotent(store: &Store) {
             "m20261124_000005_idps",
             "m20261124_000006_session_notify",
             "m20261125_000007_identity_notify",
+            "m20261125_000008_credential_notify",
+            "m20261125_000009_session_token_selector",
             LATEST_MIGRATION
         ]
     );
