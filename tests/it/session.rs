@@ -256,6 +256,30 @@ async fn login_flow_over_every_protocol() {
             .unwrap_or_else(|e| panic!("{protocol:?} bearer: {e:?}"));
         assert_eq!(own.user.expect("user").user_id, user_id);
 
+        // A token opens only the session it names: shown for another session of the same user it is
+        // refused, and with the id part changed to that session's it is no bearer token either.
+        let other: pb::CreateSessionResponse = c
+            .call(CREATE, pb::CreateSessionRequest { checks: user_check(&username), ..Default::default() })
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?} second create: {e:?}"));
+        let res = nobody
+            .call::<_, pb::GetSessionResponse>(
+                GET,
+                pb::GetSessionRequest {
+                    session_id: other.session_id.clone(),
+                    session_token: Some(set.session_token.clone()),
+                },
+            )
+            .await;
+        expect_code(res, Code::PermissionDenied, &format!("{protocol:?} another session's token"));
+        let (_, secret) = set.session_token.rsplit_once('.').expect("fgs_<session id>.<secret>");
+        let renamed = format!("fgs_{}.{secret}", other.session_id);
+        let res = Client::new(&server, protocol)
+            .with_token(&renamed)
+            .call::<_, user::GetUserByIdResponse>(GET_USER, user::GetUserByIdRequest { user_id: user_id.clone() })
+            .await;
+        expect_code(res, Code::Unauthenticated, &format!("{protocol:?} token renamed to another session"));
+
         // Metadata: overwrite and delete by empty value; lifetime refresh.
         let set2: pb::SetSessionResponse = c
             .call(
