@@ -19,7 +19,8 @@ use super::ports::{
     SessionRepos, SessionState, SessionUpdate, TOTP_NOT_FOUND,
 };
 use super::token::{
-    SessionTokenShape, generate_session_token, parse_session_token, session_token_hash, session_token_opens,
+    SessionTokenShape, digest_matches, generate_session_token, parse_session_token, session_token_hash,
+    session_token_opens,
 };
 use super::totp;
 use crate::event::{Details, NewEvent};
@@ -841,9 +842,10 @@ impl Sessions {
     /// [`Identity::authenticate`].
     pub async fn principal_for_token(&self, token: &str) -> Result<Option<UserId>> {
         let session = match parse_session_token(token) {
-            // Read by primary key (answered from the session cache when it can), then the digest compared.
+            // Read by primary key (answered from the session cache when it can), so the session is the one
+            // the token names; then the digest compared.
             Some(SessionTokenShape::Split { id }) => match self.repos().sessions.get(&SessionId::from(id)).await? {
-                Some(stored) if session_token_opens(token, &stored.session.id, &stored.token_hash) => stored.session,
+                Some(stored) if digest_matches(token, &stored.token_hash) => stored.session,
                 Some(_) | None => return Ok(None),
             },
             // Issued before tokens named their session: only its digest can find it.

@@ -105,7 +105,12 @@ pub(crate) fn session_token_opens(token: &str, id: &SessionId, digest: &str) -> 
     };
     // The digest covers the id already; checking it too keeps a token from opening another session even
     // should two digests ever be equal.
-    names_it && constant_time_eq(session_token_hash(token).as_bytes(), digest.as_bytes())
+    names_it && digest_matches(token, digest)
+}
+
+/// Whether the digest of `token` is `digest`, compared in constant time; for a token already parsed.
+pub(crate) fn digest_matches(token: &str, digest: &str) -> bool {
+    constant_time_eq(session_token_hash(token).as_bytes(), digest.as_bytes())
 }
 
 /// 1 to [`MAX_ID_CHARS`] of `[A-Za-z0-9_-]`.
