@@ -11,12 +11,13 @@ use flowgate_core::event::{AggregateRef, Details, NewEvent, StoredEvent, WriteIn
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 use crate::backend::{self, Backend, DbErrorClass, classify};
 use crate::error::{StoreError, db_error};
 use crate::group_commit::{GroupCommit, Member};
+use crate::planned::{self, PlannedStatement, RowInsert};
 use crate::store::Store;
 
 mod entity {
@@ -108,9 +109,10 @@ where
 pub struct Planned<T> {
     /// What the write answers once committed.
     pub value: T,
-    /// Statements writing the aggregate's state, run in order after its events go in; nothing of what they
-    /// do may be needed by a later statement or by `value`.
-    pub statements: Vec<Statement>,
+    /// Statements writing the aggregate's state, after its events go in; nothing of what they do may be
+    /// needed by `value`. Alone they run in order; in a batch its rows go in before its other statements
+    /// (see [`crate::planned`]), so those may rely on the rows but not the other way round.
+    pub statements: Vec<PlannedStatement>,
     /// What a failure of one of `statements` means (typically a unique violation becomes a domain error).
     pub on_error: fn(DbErr) -> StateError,
 }
@@ -217,10 +219,12 @@ impl Store {
 
     /// [`Store::write_returning`] for a new aggregate (`intent.expected_sequence` 0) whose state `plan` builds
     /// as statements from the [`WriteContext`] alone, for the connection's backend. Where the store batches
-    /// writes, the events and those statements are handed to the batch whole and run together with other
-    /// such writes in one round trip (see [`crate::group_commit`]). Otherwise, and when that batch does not
-    /// commit, they run as the state of an ordinary write, for which `plan` is called again. An intent that
-    /// does not expect a new aggregate is simply written the ordinary way.
+    /// writes (SQLite), the events and those statements are handed to the batch whole and run together with
+    /// other such writes in one round trip (see [`crate::group_commit`]). On PostgreSQL a plan of rows only
+    /// goes in with its events as one statement ([`crate::planned`]). Otherwise, and when that does not
+    /// commit, they run as the state of an ordinary write, for which `plan` is called again; that write
+    /// reports what went wrong. An intent that does not expect a new aggregate is simply written the
+    /// ordinary way.
     pub async fn write_new_planned<T, P>(&self, intent: WriteIntent, plan: P) -> Result<(T, Details), Error>
     where
         T: Send + 'static,
@@ -233,9 +237,26 @@ impl Store {
         {
             let context = new_context(&intent, 1);
             let Planned { value, statements, on_error: _ } = plan(&context, backend)?;
-            let events = entity::Entity::insert_many(event_rows(&intent, 0, context.created_at)?).build(backend);
-            if group.join().submit([events].into_iter().chain(statements).collect()).await {
+            let events = event_rows(&intent, 0, context.created_at)?.into_iter().map(RowInsert::from_model);
+            if group.join().submit(events.map(PlannedStatement::from).chain(statements).collect()).await {
                 return Ok((value, new_details(&intent, context)));
+            }
+        } else if intent.expected_sequence == Some(0) && self.backend() == Backend::Postgres {
+            let context = new_context(&intent, 1);
+            let Planned { value, statements, on_error: _ } = plan(&context, backend)?;
+            let rows = statements.into_iter().map(|s| match s {
+                PlannedStatement::Insert(row) => Some(row),
+                PlannedStatement::Other(_) => None,
+            });
+            if let Some(rows) = rows.collect::<Option<Vec<_>>>() {
+                let events = event_rows(&intent, 0, context.created_at)?.into_iter().map(RowInsert::from_model);
+                if let Some(statement) = planned::insert_all_for_postgres(events.chain(rows).collect()) {
+                    match self.writer().execute_raw(statement).await {
+                        Ok(_) => return Ok((value, new_details(&intent, context))),
+                        // Nothing of it was written; the ordinary write tells a taken id from a collision.
+                        Err(err) => tracing::debug!(error = %err, "a new aggregate's single statement failed"),
+                    }
+                }
             }
         }
         let ends = if intent.expected_sequence == Some(0) { Ends::New } else { Ends::Read };
@@ -244,7 +265,7 @@ impl Store {
             state(async move {
                 let Planned { value, statements, on_error } = planned?;
                 for statement in statements {
-                    txn.execute_raw(statement).await.map_err(on_error)?;
+                    txn.execute_raw(statement.into_statement(backend)?).await.map_err(on_error)?;
                 }
                 Ok(value)
             })

@@ -14,7 +14,8 @@
 //!
 //! A write whose statements are known in full before it runs (a new aggregate's events and rows, nothing
 //! read back) need not take a turn: it hands its statements to the batch ([`Member::submit`]), and the
-//! coordinator runs everything handed in meanwhile as one multi-statement round trip to the writer. On
+//! coordinator runs everything handed in meanwhile as one multi-statement round trip to the writer, the rows
+//! merged into multi-row inserts ([`crate::planned`]). On
 //! SQLite's single writer the round trips and the hand-overs between turns are what a batch spends its time
 //! on, so this is what lets a batch of creations run about as fast as one. A failure among them poisons the
 //! batch like a failed turn, and every member tries again alone.
@@ -25,11 +26,11 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use sea_orm::sea_query::Values;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{Mutex, Notify, OwnedMappedMutexGuard, OwnedMutexGuard, mpsc, watch};
 
 use crate::backend::{self, Backend};
+use crate::planned::{self, PlannedStatement};
 
 /// Most writes one transaction carries; a batch under continuous load ends here so its members hear soon.
 pub(crate) const MAX_MEMBERS: usize = 64;
@@ -60,7 +61,7 @@ struct Batch {
     written: AtomicBool,
     /// Statements handed in by members that take no turn ([`Member::submit`]), in arrival order; each
     /// member's are still counted in `pending` until the coordinator has run them.
-    submitted: mpsc::UnboundedSender<Vec<Statement>>,
+    submitted: mpsc::UnboundedSender<Vec<PlannedStatement>>,
     /// Woken whenever a member finishes or hands in statements, for the coordinator to check whether it
     /// has statements to run or may seal.
     finished: Notify,
@@ -142,7 +143,7 @@ async fn coordinate(
     shared: Arc<Shared>,
     batch: Arc<Batch>,
     held: Option<OwnedMutexGuard<Slot>>,
-    mut handed_in: mpsc::UnboundedReceiver<Vec<Statement>>,
+    mut handed_in: mpsc::UnboundedReceiver<Vec<PlannedStatement>>,
 ) {
     if let Some(mut held) = held {
         let options = backend::write_transaction_options(Backend::Sqlite);
@@ -186,41 +187,24 @@ async fn coordinate(
     batch.outcome.send_replace(Some(committed));
 }
 
-/// Most members whose statements share one round trip. The driver caches each distinct query text with
-/// its prepared statements (100 texts per connection), and the text of a combined round trip depends on
-/// the shapes of its members' writes and their order: the bound keeps a cached text, and so the cache as a
-/// whole, small (about 24 prepared statements per text instead of up to 200) at the cost of one more round
-/// trip per eight members.
-const MAX_COMBINED: usize = 8;
-
-/// Runs the statements members handed in, up to [`MAX_COMBINED`] members per round trip, when it is their
-/// turn on the transaction (after the member writes already waiting for it); a failure poisons the batch
-/// and skips the rest.
-async fn run_submitted(batch: &Batch, submitted: Vec<Vec<Statement>>) {
+/// Runs the statements members handed in, merged into one round trip (see [`crate::planned`]), when it is
+/// their turn on the transaction (after the member writes already waiting for it); a failure poisons the
+/// batch.
+async fn run_submitted(batch: &Batch, submitted: Vec<Vec<PlannedStatement>>) {
     let members = submitted.len();
     let slot = batch.slot.lock().await;
-    if let Slot::Open(txn) = &*slot {
-        let mut rest = submitted.into_iter().peekable();
-        while rest.peek().is_some() && !batch.poisoned.load(Ordering::Acquire) {
-            let mut sql = String::new();
-            let mut values = Vec::new();
-            for statement in rest.by_ref().take(MAX_COMBINED).flatten() {
-                if !sql.is_empty() {
-                    sql.push_str(";\n");
-                }
-                sql.push_str(&statement.sql);
-                values.extend(statement.values.map(|Values(v)| v).unwrap_or_default());
+    if let Slot::Open(txn) = &*slot
+        && !batch.poisoned.load(Ordering::Acquire)
+    {
+        let combined = planned::combine_for_sqlite(submitted.into_iter().flatten());
+        let flag = match txn.execute_raw(combined).await {
+            Ok(_) => &batch.written,
+            Err(err) => {
+                tracing::debug!(error = %err, members, "submitted writes failed; each is tried again alone");
+                &batch.poisoned
             }
-            let combined = Statement::from_sql_and_values(txn.get_database_backend(), sql, values);
-            let flag = match txn.execute_raw(combined).await {
-                Ok(_) => &batch.written,
-                Err(err) => {
-                    tracing::debug!(error = %err, members, "submitted writes failed; each is tried again alone");
-                    &batch.poisoned
-                }
-            };
-            flag.store(true, Ordering::Release);
-        }
+        };
+        flag.store(true, Ordering::Release);
     }
     // Poisoned, or never begun: nothing (more) runs and nothing commits; the members learn it from the
     // outcome.
@@ -282,7 +266,7 @@ impl Member {
     /// Hands the whole write, as `statements` that need nothing read back, to the batch instead of taking a
     /// turn: the coordinator runs them with those of the other members that did the same (see the module
     /// documentation). Answers whether they committed; `false` means nothing of them did.
-    pub(crate) async fn submit(mut self, statements: Vec<Statement>) -> bool {
+    pub(crate) async fn submit(mut self, statements: Vec<PlannedStatement>) -> bool {
         // From here the coordinator accounts for this member: it leaves `pending` once its statements ran,
         // and a caller going away now can no longer leave half a write behind.
         self.finished = true;

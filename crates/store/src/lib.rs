@@ -15,6 +15,7 @@ mod group_commit;
 pub mod identity;
 pub mod idp;
 pub mod migration;
+mod planned;
 pub mod session;
 mod store;
 #[cfg(feature = "testing")]
@@ -25,6 +26,7 @@ pub use changes::{Change, Changes, ORG_CHANGES_CHANNEL, SESSION_CHANGES_CHANNEL,
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use event_log::{Planned, StateError, StateFuture, WriteContext, state};
+pub use planned::{PlannedStatement, RowInsert};
 pub use store::{PoolStats, Store};
 
 /// Re-export of sea-orm so that repositories and tests use exactly the version the store was built with.

@@ -9,8 +9,7 @@ use flowgate_core::idp::{Intent, IntentFailure, IntentId, IntentState, StoredExt
 use flowgate_core::{Error, ErrorKind, Result};
 use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
-    SqlErr,
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, SqlErr,
 };
 use serde_json::json;
 
@@ -19,6 +18,7 @@ use super::{IDP_INTENT, IdpRepositories, micros, serialize_error};
 use crate::error::{SEQUENCE_MISMATCH, db_error};
 use crate::event_log::{Planned, StateError, state};
 use crate::identity::{already_exists, corrupt, db_sequence, event, intent, not_found, row_details, taken};
+use crate::planned::RowInsert;
 
 /// Error id: AlreadyExists, an intent with the same id exists (only with a broken id generator).
 pub const INTENT_ID_TAKEN: &str = "IDP-intent-id-taken";
@@ -177,12 +177,12 @@ impl IntentRepo for IdpRepositories {
         };
         let written = self
             .store
-            .write_new_planned(new, |ctx, backend| {
+            .write_new_planned(new, |ctx, _| {
                 let mut row = template.clone();
                 row.changed_at = ctx.created_at;
                 row.sequence = db_sequence(ctx.sequence)?;
-                let insert = idp_intents::Entity::insert(idp_intents::ActiveModel::from(row).reset_all());
-                Ok(Planned { value: (), statements: vec![insert.build(backend)], on_error: intent_refused })
+                let insert = RowInsert::from_model(idp_intents::ActiveModel::from(row).reset_all());
+                Ok(Planned { value: (), statements: vec![insert.into()], on_error: intent_refused })
             })
             .await;
         match written {

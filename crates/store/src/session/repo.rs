@@ -24,6 +24,7 @@ use super::{
 use crate::error::db_error;
 use crate::event_log::{Planned, StateError, StateFuture, WriteContext, state};
 use crate::identity::{aggregate, db_sequence, event, not_found, nothing, page, row_details, taken};
+use crate::planned::{PlannedStatement, RowInsert};
 
 /// Error id: AlreadyExists, a session with the same id exists.
 pub const SESSION_ID_TAKEN: &str = "SESSION-id-taken";
@@ -207,11 +208,11 @@ impl SessionRepo for SessionRepositories {
                 row.created_at = ctx.created_at;
                 row.changed_at = ctx.created_at;
                 row.sequence = db_sequence(ctx.sequence)?;
-                let mut statements =
-                    vec![sessions::Entity::insert(sessions::ActiveModel::from(row.clone()).reset_all()).build(backend)];
-                statements.extend(
-                    record.challenges.iter().map(|c| challenge_upsert(&row.id, c, ctx.created_at).build(backend)),
-                );
+                let session = RowInsert::from_model(sessions::ActiveModel::from(row.clone()).reset_all());
+                let mut statements = vec![PlannedStatement::from(session)];
+                for challenge in &record.challenges {
+                    statements.push(challenge_upsert(&row.id, challenge, ctx.created_at).build(backend).into());
+                }
                 Ok(Planned { value: row, statements, on_error: session_taken })
             })
             .await?;

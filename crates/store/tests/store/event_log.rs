@@ -11,7 +11,10 @@ use flowgate_core::system::StoreStatus;
 use flowgate_core::{Error, ErrorKind};
 use flowgate_store::sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, Table};
 use flowgate_store::sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, SqlErr, Statement};
-use flowgate_store::{Backend, Planned, StateError, Store, StoreConfig, StoreError, WriteContext, state, testing};
+use flowgate_store::{
+    Backend, Planned, PlannedStatement, RowInsert, StateError, Store, StoreConfig, StoreError, WriteContext, state,
+    testing,
+};
 use serde_json::json;
 
 const LATEST_MIGRATION: &str = "m20261125_000010_session_sparse_indexes";
@@ -44,6 +47,7 @@ scenarios!(
     concurrent_writes_keep_their_own_outcomes,
     known_ends_skip_the_read_and_fall_back_when_stale,
     planned_writes_share_a_batch_and_keep_their_own_outcomes,
+    planned_rows_commit_whole_or_not_at_all,
     the_wal_is_copied_back_in_the_background,
 );
 
@@ -773,19 +777,35 @@ async fn sqlite_is_built_with_stable_query_plans() {
     db.finish().await;
 }
 
-/// A new counter written as planned statements: two events, then its row.
+/// A new counter written as planned statements: two events, its row, and an update of that row.
 async fn write_planned(store: &Store, id: &str) -> Result<Details, Error> {
+    write_planned_counter(store, id, id, true).await
+}
+
+/// Two events of aggregate `aggregate`, then counter row `counter` (value 1) and, with `touch`, a statement
+/// that relies on the row (value 2): in a batch it runs after every row is in. Without it the plan is rows
+/// only, which PostgreSQL writes as one statement.
+async fn write_planned_counter(store: &Store, aggregate: &str, counter: &str, touch: bool) -> Result<Details, Error> {
     let (value, details) = store
-        .write_new_planned(intent(id, Some(0), &["counter.added", "counter.named"]), |ctx, backend| {
-            let insert = Query::insert()
-                .into_table(Alias::new("counters"))
-                .columns([Alias::new("id"), Alias::new("value"), Alias::new("sequence")])
-                .values([id.into(), 1_i64.into(), i64::try_from(ctx.sequence).expect("small").into()])
-                .map_err(|e| Error::internal("TEST-insert", e.to_string()))?
-                .to_owned();
+        .write_new_planned(intent(aggregate, Some(0), &["counter.added", "counter.named"]), |ctx, backend| {
+            let sequence = i64::try_from(ctx.sequence).expect("small");
+            let row = RowInsert::new(
+                "counters",
+                vec!["id", "value", "sequence"],
+                vec![counter.into(), 1_i64.into(), sequence.into()],
+            )?;
+            let mut statements = vec![PlannedStatement::from(row)];
+            if touch {
+                let update = Query::update()
+                    .table(Alias::new("counters"))
+                    .value(Alias::new("value"), Expr::col(Alias::new("value")).add(1))
+                    .and_where(Expr::col(Alias::new("id")).eq(counter))
+                    .to_owned();
+                statements.push(PlannedStatement::Other(backend.build(&update)));
+            }
             Ok(Planned {
-                value: id.to_owned(),
-                statements: vec![backend.build(&insert)],
+                value: counter.to_owned(),
+                statements,
                 on_error: |err| match err.sql_err() {
                     Some(SqlErr::UniqueConstraintViolation(_)) => {
                         Error::new(ErrorKind::AlreadyExists, "COUNTER-taken", "the counter exists").into()
@@ -796,12 +816,34 @@ async fn write_planned(store: &Store, id: &str) -> Result<Details, Error> {
             })
         })
         .await?;
-    assert_eq!(value, id);
+    assert_eq!(value, counter);
     Ok(details)
 }
 
+/// A planned write of rows only (on PostgreSQL one statement with its events) commits whole; one whose row
+/// is taken, or whose aggregate exists, leaves nothing and reports what it met.
+async fn planned_rows_commit_whole_or_not_at_all(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    let details = write_planned_counter(store, "r-1", "r-1", false).await.expect("a new counter");
+    assert_eq!((details.sequence, details.creation_date), (2, details.change_date));
+    assert_eq!(sequences(store, "r-1").await, [1, 2]);
+    assert_eq!(read_counter(store.reader(), "r-1").await.expect("read"), Some((1, 2)));
+
+    // A new aggregate, but its row is taken.
+    assert_kind(write_planned_counter(store, "r-2", "r-1", false).await, ErrorKind::AlreadyExists, "COUNTER-taken");
+    assert!(sequences(store, "r-2").await.is_empty(), "nothing of the failed write stays");
+    assert_eq!(read_counter(store.reader(), "r-1").await.expect("read"), Some((1, 2)));
+
+    // A free row, but the aggregate has events already.
+    let err = write_planned_counter(store, "r-1", "r-3", false).await;
+    assert_kind(err, ErrorKind::Aborted, "STORE-sequence-mismatch");
+    assert_eq!(read_counter(store.reader(), "r-3").await.expect("read"), None);
+    assert_eq!(sequences(store, "r-1").await, [1, 2]);
+}
+
 /// Planned writes that arrive while another write holds the writer are handed to its batch and run there
-/// together (eight to a round trip); one that fails (its aggregate exists, or its row does) sends the batch back, and every write
+/// together (their rows merged into multi-row inserts); one that fails (its aggregate exists, or its row does) sends the batch back, and every write
 /// then gets its own outcome alone: the good ones commit whole, the failing ones leave nothing.
 async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store) {
     migrated(store).await;
@@ -817,8 +859,8 @@ async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store)
 
     let (gate, release) = hold_writer(store).await;
 
-    // Each is polled once, which hands its statements to the batch the first write holds (SQLite). Twelve
-    // take two round trips there; the failures are in the second.
+    // Each is polled once, which hands its statements to the batch the first write holds (SQLite), where
+    // their rows go in as merged inserts and the failures send everyone back to write alone.
     let mut writes = Vec::new();
     let ids = ["p-0", "p-1", "p-2", "p-3", "p-4", "p-5", "p-6", "p-7", "p-8", "old", "row-only", "p-9"];
     for id in ids {
@@ -848,7 +890,8 @@ async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store)
                 let details = outcome.expect("a good planned write commits");
                 assert_eq!((details.sequence, details.creation_date), (2, details.change_date), "{id}");
                 assert_eq!(sequences(store, id).await, [1, 2], "{id}");
-                assert_eq!(read_counter(store.reader(), id).await.expect("read"), Some((1, 2)), "{id}");
+                // Its update ran after its row went in: value 2.
+                assert_eq!(read_counter(store.reader(), id).await.expect("read"), Some((2, 2)), "{id}");
             }
         }
     }
@@ -857,5 +900,5 @@ async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store)
 
     // Alone (nothing else under way), a planned write commits the same way.
     assert_eq!(write_planned(store, "alone").await.expect("write").sequence, 2);
-    assert_eq!(read_counter(store.reader(), "alone").await.expect("read"), Some((1, 2)));
+    assert_eq!(read_counter(store.reader(), "alone").await.expect("read"), Some((2, 2)));
 }
