@@ -253,6 +253,9 @@ impl Store {
                 if let Some(statement) = planned::insert_all_for_postgres(events.chain(rows).collect()) {
                     match self.writer().execute_raw(statement).await {
                         Ok(_) => return Ok((value, new_details(&intent, context))),
+                        // Trying again would only wait for the pool a second time; answered as the ordinary
+                        // write answers it.
+                        Err(err) if classify(&err) == DbErrorClass::Unavailable => return Err(db_error(err)),
                         // Nothing of it was written; the ordinary write tells a taken id from a collision.
                         Err(err) => tracing::debug!(error = %err, "a new aggregate's single statement failed"),
                     }

@@ -14,8 +14,8 @@
 //!
 //! A write whose statements are known in full before it runs (a new aggregate's events and rows, nothing
 //! read back) need not take a turn: it hands its statements to the batch ([`Member::submit`]), and the
-//! coordinator runs everything handed in meanwhile as one multi-statement round trip to the writer, the rows
-//! merged into multi-row inserts ([`crate::planned`]). On
+//! coordinator runs everything handed in meanwhile in multi-statement round trips to the writer (eight
+//! members each), the rows merged into multi-row inserts ([`crate::planned`]). On
 //! SQLite's single writer the round trips and the hand-overs between turns are what a batch spends its time
 //! on, so this is what lets a batch of creations run about as fast as one. A failure among them poisons the
 //! batch like a failed turn, and every member tries again alone.
@@ -187,24 +187,31 @@ async fn coordinate(
     batch.outcome.send_replace(Some(committed));
 }
 
-/// Runs the statements members handed in, merged into one round trip (see [`crate::planned`]), when it is
-/// their turn on the transaction (after the member writes already waiting for it); a failure poisons the
-/// batch.
+/// Most members whose statements share one round trip. The driver caches each distinct query text of a
+/// round trip with its prepared statements (100 texts per connection), and that text depends on how many
+/// members it carries and on the shapes of their writes: the bound keeps the number of texts, and so the
+/// cache, small at the cost of one more round trip per eight members.
+const MAX_COMBINED: usize = 8;
+
+/// Runs the statements members handed in, up to [`MAX_COMBINED`] members per round trip with their rows
+/// merged (see [`crate::planned`]), when it is their turn on the transaction (after the member writes
+/// already waiting for it); a failure poisons the batch and skips the rest.
 async fn run_submitted(batch: &Batch, submitted: Vec<Vec<PlannedStatement>>) {
     let members = submitted.len();
     let slot = batch.slot.lock().await;
-    if let Slot::Open(txn) = &*slot
-        && !batch.poisoned.load(Ordering::Acquire)
-    {
-        let combined = planned::combine_for_sqlite(submitted.into_iter().flatten());
-        let flag = match txn.execute_raw(combined).await {
-            Ok(_) => &batch.written,
-            Err(err) => {
-                tracing::debug!(error = %err, members, "submitted writes failed; each is tried again alone");
-                &batch.poisoned
-            }
-        };
-        flag.store(true, Ordering::Release);
+    if let Slot::Open(txn) = &*slot {
+        let mut rest = submitted.into_iter().peekable();
+        while rest.peek().is_some() && !batch.poisoned.load(Ordering::Acquire) {
+            let combined = planned::combine_for_sqlite(rest.by_ref().take(MAX_COMBINED).flatten());
+            let flag = match txn.execute_raw(combined).await {
+                Ok(_) => &batch.written,
+                Err(err) => {
+                    tracing::debug!(error = %err, members, "submitted writes failed; each is tried again alone");
+                    &batch.poisoned
+                }
+            };
+            flag.store(true, Ordering::Release);
+        }
     }
     // Poisoned, or never begun: nothing (more) runs and nothing commits; the members learn it from the
     // outcome.

@@ -19,8 +19,8 @@ use sea_orm::{
 use flowgate_core::Error;
 
 /// Most rows one merged `INSERT` carries on SQLite. Row counts are split into powers of two up to this, so
-/// that a table's merged statements come in five shapes only and the driver's cache of prepared statements
-/// stays small whatever the batches' sizes.
+/// that a table's merged statements come in five shapes only (the round trips' texts, which the driver
+/// caches, are bounded by the batch's members per round trip as well).
 const MAX_MERGED_ROWS: usize = 16;
 
 /// One statement of a planned write.
@@ -121,7 +121,7 @@ pub(crate) fn combine_for_sqlite(statements: impl IntoIterator<Item = PlannedSta
     let mut sql = String::new();
     let mut values = Vec::new();
     for Merged { table, columns, rows } in groups {
-        let mut rows = rows.into_iter().peekable();
+        let mut rows = rows.into_iter();
         let mut left = rows.len();
         while left > 0 {
             let chunk = chunk_size(left);

@@ -4,12 +4,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sea_orm::DbErr;
+use sea_orm::{DbErr, Statement};
 
+use crate::backend::Backend;
 use crate::backend::testing::{
     DB_PREFIX, create_postgres_database, drop_postgres_database, drop_unused_databases, is_postgres,
 };
 use crate::error::StoreError;
+use crate::planned::{self, PlannedStatement, RowInsert};
 use crate::store::Store;
 
 /// URL of a database nobody else uses: a new `flowgate_t_<uuid>` database on the server of a PostgreSQL
@@ -73,4 +75,14 @@ const STALE_AFTER: Duration = Duration::from_secs(60);
 /// `sqlite://` URL of `file` that creates the file when missing.
 pub fn sqlite_url(file: PathBuf) -> String {
     format!("sqlite://{}?mode=rwc", file.display())
+}
+
+/// The statement `rows` of a planned write go in as when nothing else comes with them: a batch's merged
+/// inserts on SQLite, the single statement on PostgreSQL; for tests that run it on the engine directly.
+pub fn combined_inserts(backend: Backend, rows: Vec<RowInsert>) -> Option<Statement> {
+    match backend {
+        Backend::Sqlite if rows.is_empty() => None,
+        Backend::Sqlite => Some(planned::combine_for_sqlite(rows.into_iter().map(PlannedStatement::from))),
+        Backend::Postgres => planned::insert_all_for_postgres(rows),
+    }
 }

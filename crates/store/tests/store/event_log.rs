@@ -48,6 +48,7 @@ scenarios!(
     known_ends_skip_the_read_and_fall_back_when_stale,
     planned_writes_share_a_batch_and_keep_their_own_outcomes,
     planned_rows_commit_whole_or_not_at_all,
+    combined_inserts_write_exactly_their_rows,
     the_wal_is_copied_back_in_the_background,
 );
 
@@ -901,4 +902,25 @@ async fn planned_writes_share_a_batch_and_keep_their_own_outcomes(store: &Store)
     // Alone (nothing else under way), a planned write commits the same way.
     assert_eq!(write_planned(store, "alone").await.expect("write").sequence, 2);
     assert_eq!(read_counter(store.reader(), "alone").await.expect("read"), Some((2, 2)));
+}
+
+/// The statement planned rows go in as (merged inserts in chunks on SQLite, one statement of `WITH` parts
+/// on PostgreSQL) runs on the engine and writes exactly those rows, with their values in place.
+async fn combined_inserts_write_exactly_their_rows(store: &Store) {
+    migrated(store).await;
+    create_counters(store).await;
+    // 19 rows: chunks of 16, 2 and 1 on SQLite; nineteen parts on PostgreSQL.
+    let rows = (0_i64..19)
+        .map(|i| {
+            let values = vec![format!("c-{i}").into(), (10 * i).into(), (i + 1).into()];
+            RowInsert::new("counters", vec!["id", "value", "sequence"], values).expect("row")
+        })
+        .collect();
+    let statement = testing::combined_inserts(store.backend(), rows).expect("a statement");
+    store.writer().execute_raw(statement).await.expect("the combined inserts run");
+    for i in 0_i64..19 {
+        assert_eq!(read_counter(store.reader(), &format!("c-{i}")).await.expect("read"), Some((10 * i, i + 1)));
+    }
+    assert_eq!(read_counter(store.reader(), "c-19").await.expect("read"), None);
+    assert!(testing::combined_inserts(store.backend(), Vec::new()).is_none());
 }
